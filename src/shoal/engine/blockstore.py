@@ -1,0 +1,99 @@
+"""BlockStore: reads and writes an object's blocks on the BlockDevice by manifest.
+
+Every read is checked against the manifest's per-block crc32c before a byte of it is returned;
+a mismatch raises IntegrityError naming the logical and the device block. Writes go only to
+blocks the caller has just been given by the Placer (copy-on-write: live blocks are never
+overwritten), padded with zeros to whole blocks.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable
+
+import crc32c
+
+from shoal.engine.device import BlockDevice
+from shoal.engine.freelist import Extent
+from shoal.engine.manifest import HOLE, Manifest, block_crcs, runs
+from shoal.errors import IntegrityError
+
+
+class BlockStore:
+    def __init__(self, device: BlockDevice) -> None:
+        self.device = device
+        self.bs = device.block_size
+
+    def write(self, extents: list[Extent], data: bytes | bytearray | memoryview) -> array[int]:
+        """Write `data` over `extents` (in logical order, enough blocks for it; a short last
+        block is zero-padded) and return the crc32c of each block written."""
+        mv = memoryview(data).cast("B")
+        bs = self.bs
+        pos = 0
+        for start, count in extents:
+            piece = mv[pos : pos + count * bs]
+            pad = count * bs - len(piece)
+            self.device.pwritev([piece, self.device.zero_block[:pad]] if pad else [piece], start)
+            pos += count * bs
+        return block_crcs(mv, bs)
+
+    def write_runs(
+        self, extents: list[Extent], lo: int, data: bytes | bytearray | memoryview
+    ) -> None:
+        """Write whole blocks `data` at logical blocks [lo, ...) of the allocation `extents`."""
+        mv = memoryview(data).cast("B")
+        bs = self.bs
+        hi = lo + len(mv) // bs
+        for logical, start, count in runs(extents, lo, hi):
+            off = (logical - lo) * bs
+            self.device.pwritev([mv[off : off + count * bs]], start)
+
+    def read_raw(self, manifest: Manifest, lo: int, hi: int) -> bytearray:
+        """Logical blocks [lo, hi) as stored, unverified (holes read as zeros)."""
+        bs = self.bs
+        buf = bytearray((hi - lo) * bs)
+        mv = memoryview(buf)
+        for logical, start, count in manifest.runs(lo, hi):
+            if start != HOLE:
+                off = (logical - lo) * bs
+                self.device.preadv([mv[off : off + count * bs]], start)
+        return buf
+
+    def bad_blocks(self, manifest: Manifest, lo: int, buf: bytearray) -> list[int]:
+        """Logical blocks of `buf` (read from block `lo` on) that fail their checksum."""
+        bs = self.bs
+        mv = memoryview(buf)
+        crc = crc32c.crc32c
+        crcs = manifest.crcs
+        return [
+            lo + i for i in range(len(buf) // bs) if crc(mv[i * bs : (i + 1) * bs]) != crcs[lo + i]
+        ]
+
+    def read(self, manifest: Manifest, lo: int, hi: int, what: str) -> bytearray:
+        """Logical blocks [lo, hi), verified: IntegrityError rather than a corrupt byte."""
+        buf = self.read_raw(manifest, lo, hi)
+        bad = self.bad_blocks(manifest, lo, buf)
+        if bad:
+            raise IntegrityError(
+                f"{what}: block {bad[0]} (device block {physical_block(manifest, bad[0])}) "
+                f"does not match its checksum ({len(bad)} bad block(s) read)"
+            )
+        return buf
+
+    def release_blocks(self, extents: Iterable[Extent], *, zero: bool, discard: bool) -> None:
+        """Zero or discard freed blocks (delete's optional steps), made durable."""
+        extents = list(extents)
+        if not (zero or discard) or not extents:
+            return
+        for start, count in extents:
+            if discard:
+                self.device.discard(start, count)
+            else:
+                self.device.zero(start, count)
+        self.device.flush()
+
+
+def physical_block(manifest: Manifest, logical: int) -> int:
+    for _, start, _ in manifest.runs(logical, logical + 1):
+        return start
+    return HOLE

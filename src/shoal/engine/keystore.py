@@ -1,0 +1,296 @@
+"""KeyStore: one SQLite database (WAL mode) with a row per object.
+
+The row holds the ObjKey, the (namespace, name), the manifest, the version, the reference
+list, flags and times. It may live on another path than the data (keys on a fast disk, values
+on a slow one). `synchronous=FULL`: a commit that returned has been fsynced, which is what lets
+the ObjectStore free the old blocks of an overwritten object right after it.
+
+Writes happen only inside the group commit (one writer connection, one transaction per group,
+a savepoint per change); reads use one connection per thread so they never wait for a commit.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import sqlite3
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from shoal.engine.keys import ObjKey
+from shoal.engine.manifest import Manifest
+from shoal.errors import FormatError, InvalidArgument
+
+SCHEMA_VERSION = 1
+FLAG_PERMANENT = 1
+MAX_NAME_BYTES = 4096
+MAX_NAMESPACE_BYTES = 255
+REF_SIZE = 16
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS objects (
+    namespace TEXT NOT NULL,
+    name      TEXT NOT NULL,
+    uuid      BLOB NOT NULL UNIQUE,
+    size      INTEGER NOT NULL,
+    hash      BLOB,
+    version   INTEGER NOT NULL,
+    flags     INTEGER NOT NULL,
+    refs      BLOB NOT NULL,
+    extents   BLOB NOT NULL,
+    crcs      BLOB NOT NULL,
+    ctime     REAL NOT NULL,
+    mtime     REAL NOT NULL,
+    PRIMARY KEY (namespace, name)
+) WITHOUT ROWID;
+"""
+_COLS = "namespace, name, uuid, size, hash, version, flags, refs, extents, crcs, ctime, mtime"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    namespace: str
+    name: str
+    uuid: bytes
+    size: int
+    hash: bytes | None
+    version: int
+    flags: int
+    refs: tuple[bytes, ...]
+    manifest: Manifest
+    ctime: float
+    mtime: float
+
+    @property
+    def key(self) -> ObjKey:
+        return ObjKey(uuidlib.UUID(bytes=self.uuid), self.hash, self.size)
+
+    @property
+    def permanent(self) -> bool:
+        return bool(self.flags & FLAG_PERMANENT)
+
+    def changed(self, **kw: object) -> Record:
+        """This record, one version on, modified now, with `kw` fields replaced."""
+        kw.setdefault("version", self.version + 1)
+        kw.setdefault("mtime", time.time())
+        return replace(self, **kw)  # type: ignore[arg-type]
+
+
+def _row(r: tuple[object, ...]) -> Record:
+    ns, name, uid, size, h, ver, flags, refs, ext, crcs, ctime, mtime = r
+    assert isinstance(refs, bytes) and isinstance(ext, bytes) and isinstance(crcs, bytes)
+    return Record(
+        ns,  # type: ignore[arg-type]
+        name,  # type: ignore[arg-type]
+        uid,  # type: ignore[arg-type]
+        size,  # type: ignore[arg-type]
+        h,  # type: ignore[arg-type]
+        ver,  # type: ignore[arg-type]
+        flags,  # type: ignore[arg-type]
+        tuple(refs[i : i + REF_SIZE] for i in range(0, len(refs), REF_SIZE)),
+        Manifest.decode(ext, crcs),
+        ctime,  # type: ignore[arg-type]
+        mtime,  # type: ignore[arg-type]
+    )
+
+
+def _values(rec: Record) -> tuple[object, ...]:
+    ext, crcs = rec.manifest.encode()
+    return (
+        rec.namespace, rec.name, rec.uuid, rec.size, rec.hash, rec.version, rec.flags,
+        b"".join(rec.refs), ext, crcs, rec.ctime, rec.mtime,
+    )  # fmt: skip
+
+
+def check_name(namespace: str, name: str) -> None:
+    for what, value, limit in (
+        ("namespace", namespace, MAX_NAMESPACE_BYTES),
+        ("name", name, MAX_NAME_BYTES),
+    ):
+        if not isinstance(value, str) or not value:
+            raise InvalidArgument(f"the {what} must be a non-empty string")
+        try:
+            n = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise InvalidArgument(f"the {what} {value!r} is not valid UTF-8") from None
+        if n > limit:
+            raise InvalidArgument(f"the {what} is {n} bytes long; the limit is {limit}")
+        if "\x00" in value:
+            raise InvalidArgument(f"the {what} may not contain NUL characters")
+
+
+def _prefix_end(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with `prefix`."""
+    chars = list(prefix)
+    while chars:
+        c = ord(chars.pop())
+        if c < 0x10FFFF:
+            return "".join(chars) + chr(c + 1)
+    return None
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+class KeyStore:
+    def __init__(self, path: str, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._w = conn
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str, device_uuid: bytes, *, force: bool = False) -> KeyStore:
+        if os.path.exists(path):
+            if not force:
+                raise FormatError(f"key store {path} already exists; use --force to replace it")
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    os.unlink(path + suffix)
+        conn = _connect(path)
+        conn.executescript(_SCHEMA)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT INTO meta VALUES (?, ?)",
+            [("schema_version", SCHEMA_VERSION), ("device_uuid", device_uuid)],
+        )
+        conn.execute("COMMIT")
+        return cls(path, conn)
+
+    @classmethod
+    def open(cls, path: str, device_uuid: bytes) -> KeyStore:
+        if not os.path.exists(path):
+            raise FormatError(f"key store {path} does not exist")
+        conn = _connect(path)
+        try:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise FormatError(f"{path} is not a shoal key store ({exc})") from None
+        if meta.get("schema_version") != SCHEMA_VERSION:
+            conn.close()
+            raise FormatError(
+                f"key store {path} has schema version {meta.get('schema_version')}; "
+                f"this shoal reads {SCHEMA_VERSION}"
+            )
+        if meta.get("device_uuid") != device_uuid:
+            conn.close()
+            theirs = meta.get("device_uuid")
+            raise FormatError(
+                f"key store {path} belongs to device "
+                f"{uuidlib.UUID(bytes=theirs) if isinstance(theirs, bytes) else theirs}, "
+                f"not to device {uuidlib.UUID(bytes=device_uuid)}"
+            )
+        return cls(path, conn)
+
+    def close(self) -> None:
+        with self._readers_lock:
+            for c in self._readers:
+                c.close()
+            self._readers.clear()
+        self._w.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA query_only=1")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    # -- reads (any thread) ----------------------------------------------------------------
+
+    def get(self, namespace: str, name: str) -> Record | None:
+        r = (
+            self._reader()
+            .execute(
+                f"SELECT {_COLS} FROM objects WHERE namespace = ? AND name = ?", (namespace, name)
+            )
+            .fetchone()
+        )
+        return _row(r) if r else None
+
+    def by_uuid(self, uid: bytes) -> Record | None:
+        r = self._reader().execute(f"SELECT {_COLS} FROM objects WHERE uuid = ?", (uid,)).fetchone()
+        return _row(r) if r else None
+
+    def list(
+        self, namespace: str, prefix: str = "", start_after: str = "", limit: int = 1000
+    ) -> builtins.list[Record]:
+        sql = f"SELECT {_COLS} FROM objects WHERE namespace = ? AND name >= ? AND name > ?"
+        args: list[object] = [namespace, prefix, start_after]
+        end = _prefix_end(prefix)
+        if prefix and end is not None:
+            sql += " AND name < ?"
+            args.append(end)
+        sql += " ORDER BY name LIMIT ?"
+        args.append(limit)
+        return [_row(r) for r in self._reader().execute(sql, args)]
+
+    def namespaces(self) -> builtins.list[str]:
+        return [r[0] for r in self._reader().execute("SELECT DISTINCT namespace FROM objects")]
+
+    def scan(self) -> Iterator[Record]:
+        """Every record, in key order (used at open and by check)."""
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            yield from (_row(r) for r in conn.execute(f"SELECT {_COLS} FROM objects"))
+        finally:
+            conn.close()
+
+    def scan_extents(self) -> Iterator[tuple[str, str, bytes]]:
+        """(namespace, name, encoded extents) of every object: the FreeList's rebuild input."""
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            yield from conn.execute("SELECT namespace, name, extents FROM objects")
+        finally:
+            conn.close()
+
+    # -- writes (the group-commit leader only) ---------------------------------------------
+
+    def begin(self) -> None:
+        self._w.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self._w.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self._w.in_transaction:
+            self._w.execute("ROLLBACK")
+
+    def savepoint(self) -> None:
+        self._w.execute("SAVEPOINT change")
+
+    def release(self) -> None:
+        self._w.execute("RELEASE change")
+
+    def rollback_to(self) -> None:
+        self._w.execute("ROLLBACK TO change")
+        self._w.execute("RELEASE change")
+
+    def w_get(self, namespace: str, name: str) -> Record | None:
+        r = self._w.execute(
+            f"SELECT {_COLS} FROM objects WHERE namespace = ? AND name = ?", (namespace, name)
+        ).fetchone()
+        return _row(r) if r else None
+
+    def w_put(self, rec: Record) -> None:
+        """Insert or replace the row of (rec.namespace, rec.name)."""
+        self._w.execute(f"INSERT OR REPLACE INTO objects ({_COLS}) VALUES ({','.join('?' * 12)})",
+                        _values(rec))  # fmt: skip
+
+    def w_delete(self, namespace: str, name: str) -> None:
+        self._w.execute("DELETE FROM objects WHERE namespace = ? AND name = ?", (namespace, name))

@@ -1,0 +1,670 @@
+"""ObjectStore: one disk's objects: put, get, stat, list, delete, write-at-offset, references.
+
+The seed's flows, with DESIGN.md's crash rules:
+1. Copy-on-write: a write lands in blocks fresh from the Placer; live blocks are never
+   overwritten. The data is flushed, then one KeyStore transaction switches the manifest, then
+   the blocks the object no longer uses go back to the FreeList. After a crash an object is
+   wholly old or wholly new, and the FreeList (rebuilt from the manifests) has no leak.
+2. A write is acknowledged after its data flush and its commit; concurrent writers share both
+   (GroupCommitter).
+3. 0-stor's metadata: references (16-byte consumer ids; removing the last deletes the object)
+   and a permanent flag (the object cannot be deleted or replaced).
+
+Reads take no lock. A reader holding an old manifest may meet blocks that a later commit has
+freed and reused; their checksums then fail, the reader looks the object up again and, if it
+changed, reads the new version. Only a mismatch on an unchanged object is an IntegrityError.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import stat as statmod
+import threading
+import time
+import uuid as uuidlib
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from types import TracebackType
+
+import crc32c
+
+from shoal.engine.blockstore import BlockStore
+from shoal.engine.commit import GroupCommitter, Outcome
+from shoal.engine.device import BlockDevice
+from shoal.engine.freelist import Extent, FreeList
+from shoal.engine.keys import Hasher, ObjKey
+from shoal.engine.keystore import FLAG_PERMANENT, REF_SIZE, KeyStore, Record, check_name
+from shoal.engine.manifest import HOLE, Manifest
+from shoal.engine.placer import Placer
+from shoal.errors import Conflict, Forbidden, IntegrityError, InvalidArgument, NotFound
+
+DEFAULT_NAMESPACE = "default"
+_CACHE_SIZE = 65536
+_LOCK_STRIPES = 256
+_GROW_MIN, _GROW_MAX = 256, 16384  # blocks reserved at a time by a writer of unknown size
+
+Data = bytes | bytearray | memoryview
+
+
+def default_keys_path(device: str) -> str:
+    """Where the KeyStore lives unless told: beside a device file, never beside /dev/..."""
+    if os.path.exists(device) and statmod.S_ISBLK(os.stat(device).st_mode):
+        raise InvalidArgument(f"{device} is a block device: give the key store's path (--keys)")
+    return device + ".keys"
+
+
+# -- changes: each runs inside the group transaction and reads the current row itself -------
+
+
+@dataclass(slots=True)
+class _Put:
+    record: Record
+    writes_data = True
+
+    def apply(self, keys: KeyStore) -> Outcome:
+        rec = self.record
+        cur = keys.w_get(rec.namespace, rec.name)
+        freed: list[Extent] = []
+        if cur is not None:
+            if cur.permanent:
+                raise Forbidden(f"{rec.namespace}/{rec.name} is permanent: it cannot be replaced")
+            rec = replace(rec, version=cur.version + 1)
+            freed = list(cur.manifest.physical())
+        keys.w_put(rec)
+        return Outcome(rec.namespace, rec.name, rec, freed, cur)
+
+
+@dataclass(slots=True)
+class _WriteAt:
+    record: Record
+    lo: int
+    hi: int
+    expect_version: int | None
+    writes_data = True
+
+    def apply(self, keys: KeyStore) -> Outcome:
+        rec = self.record
+        cur = keys.w_get(rec.namespace, rec.name)
+        if (cur.version if cur else None) != self.expect_version:
+            raise Conflict(f"{rec.namespace}/{rec.name} changed during write-at-offset")
+        freed: list[Extent] = []
+        if cur is not None:
+            n = cur.manifest.nblocks
+            freed = [(s, c) for _, s, c in cur.manifest.runs(self.lo, min(self.hi, n)) if s != HOLE]
+        keys.w_put(rec)
+        return Outcome(rec.namespace, rec.name, rec, freed, cur)
+
+
+@dataclass(slots=True)
+class _Delete:
+    namespace: str
+    name: str
+    writes_data = False
+
+    def apply(self, keys: KeyStore) -> Outcome:
+        cur = keys.w_get(self.namespace, self.name)
+        if cur is None:
+            raise NotFound(f"{self.namespace}/{self.name} not found")
+        if cur.permanent:
+            raise Forbidden(f"{self.namespace}/{self.name} is permanent: it cannot be deleted")
+        keys.w_delete(self.namespace, self.name)
+        return Outcome(self.namespace, self.name, None, list(cur.manifest.physical()), cur)
+
+
+@dataclass(slots=True)
+class _Refs:
+    namespace: str
+    name: str
+    add: tuple[bytes, ...]
+    remove: tuple[bytes, ...]
+    writes_data = False
+
+    def apply(self, keys: KeyStore) -> Outcome:
+        cur = keys.w_get(self.namespace, self.name)
+        if cur is None:
+            raise NotFound(f"{self.namespace}/{self.name} not found")
+        refs = [r for r in cur.refs if r not in self.remove]
+        refs += [r for r in dict.fromkeys(self.add) if r not in refs]
+        if cur.refs and not refs and self.remove and not cur.permanent:
+            keys.w_delete(self.namespace, self.name)
+            return Outcome(self.namespace, self.name, None, list(cur.manifest.physical()), cur)
+        rec = cur.changed(refs=tuple(refs))
+        keys.w_put(rec)
+        return Outcome(self.namespace, self.name, rec, [], cur)
+
+
+def _check_refs(refs: Iterable[bytes]) -> tuple[bytes, ...]:
+    out = tuple(bytes(r) for r in refs)
+    for r in out:
+        if len(r) != REF_SIZE:
+            raise InvalidArgument(f"a reference id is {REF_SIZE} bytes, not {len(r)}")
+    return out
+
+
+class ObjectWriter:
+    """Streams one object to disk: `write` chunks of any size, then `commit` (or `abort`).
+
+    With the size known up front the blocks are reserved at once (NoSpace before a byte is
+    written); otherwise they are reserved in growing steps and the unused rest is given back."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        namespace: str,
+        name: str | None,
+        size: int | None,
+        refs: tuple[bytes, ...],
+        permanent: bool,
+    ) -> None:
+        self._store = store
+        self._uuid = uuidlib.uuid4()
+        self.namespace = namespace
+        self.name = name if name is not None else str(self._uuid)
+        check_name(namespace, self.name)
+        if size is not None and size < 0:
+            raise InvalidArgument("size must be >= 0")
+        self._refs = refs
+        self._flags = FLAG_PERMANENT if permanent else 0
+        self._expected = size
+        self._bs = store.block_size
+        self._extents: list[Extent] = []
+        self._reserved = 0
+        self._written = 0  # whole blocks on disk
+        self._tail = bytearray()
+        self._crcs: list[int] = []
+        self._hasher = Hasher()
+        self._size = 0
+        self._closed = False
+        if size:
+            self._reserve(-(-size // self._bs))
+
+    def __enter__(self) -> ObjectWriter:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._closed:
+            self.abort()
+
+    def _reserve(self, nblocks: int) -> None:
+        got = self._store.placer.place(nblocks)
+        self._extents.extend(got)
+        self._reserved += nblocks
+
+    def write(self, data: Data) -> None:
+        if self._closed:
+            raise InvalidArgument("write to a closed writer")
+        mv = memoryview(data).cast("B")
+        if self._expected is not None and self._size + len(mv) > self._expected:
+            raise InvalidArgument(
+                f"{self.namespace}/{self.name}: more data than the announced {self._expected} bytes"
+            )
+        self._hasher.update(mv)
+        self._size += len(mv)
+        bs = self._bs
+        if self._tail:
+            take = bs - len(self._tail)
+            self._tail += mv[:take]
+            mv = mv[take:]
+            if len(self._tail) < bs:
+                return
+            self._emit(self._tail)
+            self._tail = bytearray()
+        full = len(mv) - len(mv) % bs
+        if full:
+            self._emit(mv[:full])
+        if full < len(mv):
+            self._tail = bytearray(mv[full:])
+
+    def _emit(self, blocks: Data) -> None:
+        n = len(blocks) // self._bs
+        short = self._written + n - self._reserved
+        if short > 0:
+            self._reserve(max(short, min(max(self._reserved, _GROW_MIN), _GROW_MAX)))
+        self._store.blocks.write_runs(self._extents, self._written, blocks)
+        crc = crc32c.crc32c
+        mv = memoryview(blocks)
+        bs = self._bs
+        self._crcs.extend(crc(mv[i : i + bs]) for i in range(0, len(mv), bs))
+        self._written += n
+
+    def commit(self) -> ObjKey:
+        if self._closed:
+            raise InvalidArgument("commit of a closed writer")
+        try:
+            if self._expected is not None and self._size != self._expected:
+                raise InvalidArgument(
+                    f"{self.namespace}/{self.name}: got {self._size} of {self._expected} bytes; "
+                    "nothing was stored"
+                )
+            if self._tail:
+                self._emit(self._tail.ljust(self._bs, b"\x00"))
+                self._tail = bytearray()
+            self._give_back_unused()
+            manifest = Manifest(tuple(self._extents), array("I", self._crcs))
+            key = ObjKey(self._uuid, self._hasher.digest(), self._size)
+            now = time.time()
+            rec = Record(
+                self.namespace, self.name, self._uuid.bytes, self._size, key.hash, 1,
+                self._flags, self._refs, manifest, now, now,
+            )  # fmt: skip
+            self._store._commit(_Put(rec))
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        return key
+
+    def _give_back_unused(self) -> None:
+        keep, spare = self._written, []
+        out: list[Extent] = []
+        for s, n in self._extents:
+            if keep >= n:
+                out.append((s, n))
+                keep -= n
+            elif keep > 0:
+                out.append((s, keep))
+                spare.append((s + keep, n - keep))
+                keep = 0
+            else:
+                spare.append((s, n))
+        self._extents = out
+        self._reserved = self._written
+        self._store.placer.release(spare)
+
+    def abort(self) -> None:
+        """Forget the object: its blocks go back to the FreeList (nothing was committed)."""
+        if not self._closed:
+            self._closed = True
+            self._store.placer.release(self._extents)
+            self._extents = []
+
+
+class ObjectStore:
+    def __init__(self, device: BlockDevice, keys: KeyStore, cache_size: int = _CACHE_SIZE) -> None:
+        self.device = device
+        self.keys = keys
+        self.block_size = device.block_size
+        self.blocks = BlockStore(device)
+        self.problems: list[str] = []
+        self.placer = Placer(self._rebuild_freelist(), device.block_size)
+        self._committer = GroupCommitter(keys, device.flush, self._after_commit)
+        self._cache: dict[tuple[str, str], Record] = {}
+        self._cache_size = cache_size
+        self._cache_gen = 0
+        self._cache_lock = threading.Lock()
+        self._obj_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def format(
+        cls, device: str, keys: str | None = None, *, size: int | None = None, force: bool = False
+    ) -> ObjectStore:
+        """Make a new, empty store on `device` (a file, created with `size` if new, or a block
+        device) with its KeyStore at `keys`."""
+        keys = keys or default_keys_path(device)
+        if os.path.exists(keys) and not force:
+            raise InvalidArgument(f"key store {keys} already exists; use --force to replace it")
+        dev = BlockDevice.format(device, size, force=force)
+        try:
+            ks = KeyStore.create(keys, dev.superblock.device_uuid, force=True)
+        except BaseException:
+            dev.close()
+            raise
+        return cls(dev, ks)
+
+    @classmethod
+    def open(cls, device: str, keys: str | None = None) -> ObjectStore:
+        keys = keys or default_keys_path(device)
+        dev = BlockDevice.open(device)
+        try:
+            ks = KeyStore.open(keys, dev.superblock.device_uuid)
+        except BaseException:
+            dev.close()
+            raise
+        try:
+            return cls(dev, ks)
+        except BaseException:
+            ks.close()
+            dev.close()
+            raise
+
+    def close(self) -> None:
+        self.keys.close()
+        self.device.close()
+
+    def __enter__(self) -> ObjectStore:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _rebuild_freelist(self) -> FreeList:
+        """The FreeList is the complement of every manifest; overlaps are noted as problems."""
+        start, end = self.device.data_start, self.device.block_count
+        owned: list[tuple[int, int, str]] = []
+        for ns, name, ext_raw in self.keys.scan_extents():
+            for s, n in Manifest.decode(ext_raw, b"").extents:
+                if s == HOLE:
+                    continue
+                if s < start or s + n > end or n <= 0:
+                    self.problems.append(
+                        f"{ns}/{name}: extent [{s}, {s + n}) outside the data area [{start}, {end})"
+                    )
+                owned.append((s, n, f"{ns}/{name}"))
+        owned.sort()
+        reach, holder = start, ""
+        for s, n, who in owned:
+            if s < reach:
+                self.problems.append(f"{who} and {holder} both claim device block {s}")
+            if s + n > reach:
+                reach, holder = s + n, who
+        return FreeList.complement(start, end, ((s, n) for s, n, _ in owned))
+
+    # -- commit plumbing -------------------------------------------------------------------
+
+    def _commit(self, change: _Put | _WriteAt | _Delete | _Refs) -> Outcome:
+        out = self._committer.submit(change)
+        if not isinstance(change, _Delete):  # a delete frees after its optional zeroing
+            self.placer.release(out.freed)
+        return out
+
+    def _after_commit(self, outcomes: list[Outcome]) -> None:
+        with self._cache_lock:
+            self._cache_gen += 1
+            cache = self._cache
+            for o in outcomes:
+                k = (o.namespace, o.name)
+                if o.record is None:
+                    cache.pop(k, None)
+                else:
+                    cache[k] = o.record
+            while len(cache) > self._cache_size:
+                del cache[next(iter(cache))]
+
+    def _record(self, namespace: str, name: str) -> Record:
+        rec = self._cache.get((namespace, name))
+        if rec is not None:
+            return rec
+        gen = self._cache_gen
+        rec = self.keys.get(namespace, name)
+        if rec is None:
+            check_name(namespace, name)
+            raise NotFound(f"{namespace}/{name} not found")
+        with self._cache_lock:
+            if gen == self._cache_gen and len(self._cache) < self._cache_size:
+                self._cache[(namespace, name)] = rec
+        return rec
+
+    @property
+    def stats(self) -> dict[str, int]:
+        s = self._committer.stats
+        return {"groups": s.groups, "changes": s.changes, "flushes": s.flushes}
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def writer(
+        self,
+        namespace: str = DEFAULT_NAMESPACE,
+        name: str | None = None,
+        *,
+        size: int | None = None,
+        refs: Iterable[bytes] = (),
+        permanent: bool = False,
+    ) -> ObjectWriter:
+        return ObjectWriter(self, namespace, name, size, _check_refs(refs), permanent)
+
+    def put(
+        self,
+        data: Data,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        name: str | None = None,
+        refs: Iterable[bytes] = (),
+        permanent: bool = False,
+    ) -> ObjKey:
+        """Store `data` as a new object; a name that exists is replaced. Returns its ObjKey
+        (an unnamed object is named by its uuid)."""
+        w = ObjectWriter(self, namespace, name, len(data), _check_refs(refs), permanent)
+        w.write(data)
+        return w.commit()
+
+    def write_at(
+        self,
+        name: str,
+        offset: int,
+        data: Data,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        create: bool = True,
+    ) -> ObjKey:
+        """Write `data` at byte `offset` of the object, growing it if needed (never-written
+        gaps read as zeros and take no space). Copy-on-write of the blocks touched."""
+        check_name(namespace, name)
+        if offset < 0:
+            raise InvalidArgument("offset must be >= 0")
+        mv = memoryview(data).cast("B")
+        if not mv:  # writing nothing changes nothing (and does not grow the object)
+            try:
+                return self.stat(name, namespace=namespace).key
+            except NotFound:
+                if not create:
+                    raise
+                return self.put(b"", namespace=namespace, name=name)
+        bs = self.block_size
+        end = offset + len(mv)
+        lo, hi = offset // bs, -(-end // bs)
+        with self._obj_locks[hash((namespace, name)) % _LOCK_STRIPES]:
+            for _ in range(8):
+                cur = self.keys.get(namespace, name)
+                if cur is None and not create:
+                    raise NotFound(f"{namespace}/{name} not found")
+                if cur is not None and cur.permanent:
+                    raise Forbidden(f"{namespace}/{name} is permanent: it cannot be changed")
+                old = cur.manifest if cur is not None else Manifest.empty()
+                buf = self._patched_blocks(cur, old, lo, hi, offset, mv)
+                extents = self.placer.place(hi - lo)
+                try:
+                    crcs = self.blocks.write(extents, buf)
+                    manifest = old.splice(lo, hi, extents, crcs)
+                    size = max(cur.size if cur else 0, end)
+                    if cur is not None:
+                        rec = cur.changed(size=size, hash=None, manifest=manifest)
+                    else:
+                        now = time.time()
+                        rec = Record(
+                            namespace, name, uuidlib.uuid4().bytes, size, None, 1, 0, (),
+                            manifest, now, now,
+                        )  # fmt: skip
+                    self._commit(_WriteAt(rec, lo, hi, cur.version if cur else None))
+                    return rec.key
+                except Conflict:
+                    self.placer.release(extents)
+                    continue
+                except BaseException:
+                    self.placer.release(extents)
+                    raise
+            raise Conflict(f"{namespace}/{name} kept changing during write-at-offset")
+
+    def _patched_blocks(
+        self, cur: Record | None, old: Manifest, lo: int, hi: int, offset: int, mv: memoryview
+    ) -> Data:
+        """The whole blocks [lo, hi) after the write: `mv` itself when aligned, else the old
+        edge blocks with `mv` laid over them."""
+        bs = self.block_size
+        head, tail = offset - lo * bs, hi * bs - (offset + len(mv))
+        if not head and not tail:
+            return mv
+        buf = bytearray((hi - lo) * bs)
+        what = f"{cur.namespace}/{cur.name}" if cur else ""
+        if head and lo < old.nblocks:
+            buf[:bs] = self.blocks.read(old, lo, lo + 1, what)
+        if tail and hi - 1 < old.nblocks and (hi - 1 > lo or not head):
+            buf[-bs:] = self.blocks.read(old, hi - 1, hi, what)
+        buf[head : head + len(mv)] = mv
+        return buf
+
+    def delete(
+        self,
+        name: str,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        zero: bool = False,
+        discard: bool = False,
+    ) -> Record:
+        """Remove the object. With `zero` or `discard`, its blocks are zeroed or discarded
+        (and that made durable) before they can be given to another object."""
+        check_name(namespace, name)
+        out = self._commit(_Delete(namespace, name))
+        try:
+            self.blocks.release_blocks(out.freed, zero=zero, discard=discard)
+        finally:
+            self.placer.release(out.freed)
+        assert out.previous is not None
+        return out.previous
+
+    def add_refs(
+        self, name: str, refs: Iterable[bytes], *, namespace: str = DEFAULT_NAMESPACE
+    ) -> tuple[bytes, ...]:
+        """Add consumer ids to the object's reference list; returns the list."""
+        check_name(namespace, name)
+        out = self._commit(_Refs(namespace, name, _check_refs(refs), ()))
+        assert out.record is not None
+        return out.record.refs
+
+    def remove_refs(
+        self, name: str, refs: Iterable[bytes], *, namespace: str = DEFAULT_NAMESPACE
+    ) -> tuple[bytes, ...]:
+        """Remove consumer ids; when the last goes the object is deleted (unless permanent).
+        Returns the remaining list (empty if the object was deleted)."""
+        check_name(namespace, name)
+        out = self._commit(_Refs(namespace, name, (), _check_refs(refs)))
+        return out.record.refs if out.record is not None else ()
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def stat(self, name: str, *, namespace: str = DEFAULT_NAMESPACE) -> Record:
+        return self._record(namespace, name)
+
+    def locate(self, uid: uuidlib.UUID | str) -> Record:
+        """The object with this uuid (the seed's GET <uuid>)."""
+        try:
+            u = uid if isinstance(uid, uuidlib.UUID) else uuidlib.UUID(uid)
+        except ValueError:
+            raise InvalidArgument(f"{uid!r} is not a uuid") from None
+        rec = self.keys.by_uuid(u.bytes)
+        if rec is None:
+            raise NotFound(f"no object with uuid {u}")
+        return rec
+
+    def get(
+        self,
+        name: str,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        offset: int = 0,
+        length: int | None = None,
+    ) -> memoryview:
+        """The object's bytes (or `length` bytes from `offset`), checksum-verified."""
+        rec = self._record(namespace, name)
+        ext = rec.manifest.extents
+        if offset == 0 and length is None and len(ext) == 1 and rec.size <= self.block_size:
+            start = ext[0][0]
+            if start != HOLE:
+                b = os.pread(self.device.fd, self.block_size, start * self.block_size)
+                if crc32c.crc32c(b) == rec.manifest.crcs[0]:
+                    return memoryview(b)[: rec.size]
+        for _ in range(4):
+            try:
+                return self._read(rec, offset, length)
+            except IntegrityError:
+                fresh = self.keys.get(namespace, name)
+                if fresh is None:
+                    raise NotFound(f"{namespace}/{name} not found") from None
+                if fresh.version == rec.version and fresh.uuid == rec.uuid:
+                    raise
+                rec = fresh
+        raise Conflict(f"{namespace}/{name} kept changing while being read")
+
+    def _read(self, rec: Record, offset: int, length: int | None) -> memoryview:
+        offset, length = self._range(rec, offset, length)
+        if length == 0:
+            return memoryview(b"")
+        bs = self.block_size
+        lo, hi = offset // bs, -(-(offset + length) // bs)
+        buf = self.blocks.read(rec.manifest, lo, hi, f"{rec.namespace}/{rec.name}")
+        skip = offset - lo * bs
+        return memoryview(buf)[skip : skip + length]
+
+    @staticmethod
+    def _range(rec: Record, offset: int, length: int | None) -> tuple[int, int]:
+        if offset < 0 or (length is not None and length < 0):
+            raise InvalidArgument("offset and length must be >= 0")
+        if offset > rec.size:
+            raise InvalidArgument(
+                f"offset {offset} is beyond the end of {rec.namespace}/{rec.name} "
+                f"({rec.size} bytes)"
+            )
+        avail = rec.size - offset
+        return offset, avail if length is None else min(length, avail)
+
+    def iter_read(
+        self,
+        name: str,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        offset: int = 0,
+        length: int | None = None,
+        chunk: int = 1 << 20,
+    ) -> Iterator[memoryview]:
+        """The object's bytes as verified chunks of about `chunk` bytes, for streaming a large
+        object without holding it whole. Raises Conflict if it changes mid-stream."""
+        rec = self._record(namespace, name)
+        offset, length = self._range(rec, offset, length)
+        end = offset + length
+        bs = self.block_size
+        step = max(bs, chunk - chunk % bs)
+        pos = offset
+        while pos < end:
+            nxt = min(end, (pos // bs) * bs + step)
+            try:
+                yield self._read(rec, pos, nxt - pos)
+            except IntegrityError:
+                fresh = self.keys.get(namespace, name)
+                if fresh is None or fresh.version != rec.version or fresh.uuid != rec.uuid:
+                    raise Conflict(f"{namespace}/{name} changed while being read") from None
+                raise
+            pos = nxt
+
+    def list(
+        self,
+        namespace: str = DEFAULT_NAMESPACE,
+        prefix: str = "",
+        *,
+        start_after: str = "",
+        limit: int = 1000,
+    ) -> list[Record]:
+        """Objects of `namespace` whose name starts with `prefix`, in name order, after
+        `start_after` (the last name of the previous page), at most `limit`."""
+        if limit <= 0:
+            raise InvalidArgument("limit must be > 0")
+        return self.keys.list(namespace, prefix, start_after, limit)
+
+    def namespaces(self) -> builtins.list[str]:
+        return self.keys.namespaces()
+
+    # -- space -----------------------------------------------------------------------------
+
+    @property
+    def free_blocks(self) -> int:
+        return self.placer.free_blocks
+
+    @property
+    def data_blocks(self) -> int:
+        return self.device.block_count - self.device.data_start

@@ -1,0 +1,47 @@
+"""The one error tree of shoal.
+
+Every error a caller can act on is a `ShoalError` subclass with a message that says what
+happened and, where there is one, what to do about it. Layers raise these and nothing looser.
+"""
+
+from __future__ import annotations
+
+
+class ShoalError(Exception):
+    """Base of every error shoal raises on purpose."""
+
+
+class NotFound(ShoalError):
+    """The named object (or device, or key) does not exist."""
+
+
+class NoSpace(ShoalError):
+    """Not enough free blocks: nothing was written and nothing was taken."""
+
+
+class IntegrityError(ShoalError):
+    """Stored bytes do not match their checksum; the corrupt bytes are never returned."""
+
+
+class FormatError(ShoalError):
+    """A device or key store that is unformatted, of another format, or of another version."""
+
+
+class DeviceBusy(ShoalError):
+    """The device is already open in another process."""
+
+
+class Forbidden(ShoalError):
+    """The operation is not allowed on this object (for instance it is permanent)."""
+
+
+class InvalidArgument(ShoalError):
+    """A request that cannot be carried out as asked (bad offset, bad id, ...)."""
+
+
+class Conflict(ShoalError):
+    """The object changed while the operation was under way; retrying may succeed."""
+
+
+class StoreFailed(ShoalError):
+    """A disk flush failed: the store refuses further writes until it is reopened."""
