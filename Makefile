@@ -1,0 +1,48 @@
+# The two commands of README.md: `make up` (install, run shoal's main job) and `make test`
+# (install everything the tests need, then run the checks and every test).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+DATA    ?= demo
+APT_TEST_PKGS := fio util-linux
+
+.PHONY: install install-test up test lint unit integration faults bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q -e .
+
+install-test: $(BIN)/python
+	@if ! command -v fio >/dev/null 2>&1 || ! command -v losetup >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(APT_TEST_PKGS); \
+		else sudo apt-get update -qq && sudo apt-get install -y -qq $(APT_TEST_PKGS); fi; \
+	fi
+	$(BIN)/pip install -q -e '.[test]'
+
+# shoal's main job, for now: one engine on a demo device file, used end to end.
+up: install
+	@mkdir -p $(DATA)
+	@test -e $(DATA)/disk.img || $(BIN)/shoal disk format $(DATA)/disk.img --size 1G
+	$(BIN)/shoal disk put $(DATA)/disk.img readme --file README.md
+	$(BIN)/shoal disk stat $(DATA)/disk.img readme
+	$(BIN)/shoal disk get $(DATA)/disk.img readme --offset 0 --length 120
+	@echo
+	$(BIN)/shoal disk ls -l $(DATA)/disk.img
+	$(BIN)/shoal disk check $(DATA)/disk.img
+
+lint:
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+test: install-test lint
+	$(BIN)/pytest -q -p no:cacheprovider tests
+
+bench: install-test
+	$(BIN)/python -m bench.engine
+
+clean:
+	rm -rf $(VENV) $(DATA) build *.egg-info src/*.egg-info
