@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import BinaryIO
 
 from shoal import __version__
@@ -122,9 +123,13 @@ def _info(rec: Record) -> dict[str, object]:
         "permanent": rec.permanent,
         "refs": [r.hex() for r in rec.refs],
         "extents": len(rec.manifest.extents),
-        "created": rec.ctime,
-        "modified": rec.mtime,
+        "created": _iso(rec.ctime),
+        "modified": _iso(rec.mtime),
     }
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
 
 
 def _source(args: argparse.Namespace) -> tuple[BinaryIO | bytes, int | None]:
