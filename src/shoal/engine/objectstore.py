@@ -34,7 +34,7 @@ from shoal.engine.blockstore import BlockStore
 from shoal.engine.commit import GroupCommitter, Outcome
 from shoal.engine.device import BlockDevice
 from shoal.engine.freelist import Extent, FreeList
-from shoal.engine.keys import Hasher, ObjKey
+from shoal.engine.keys import Hasher, KeyGen, ObjKey
 from shoal.engine.keystore import FLAG_PERMANENT, REF_SIZE, KeyStore, Record, check_name
 from shoal.engine.manifest import HOLE, Manifest
 from shoal.engine.placer import Placer
@@ -46,6 +46,8 @@ _LOCK_STRIPES = 256
 _GROW_MIN, _GROW_MAX = 256, 16384  # blocks reserved at a time by a writer of unknown size
 
 Data = bytes | bytearray | memoryview
+_pread = os.pread
+_crc = crc32c.crc32c
 
 
 def default_keys_path(device: str) -> str:
@@ -292,7 +294,9 @@ class ObjectStore:
         self.problems: list[str] = []
         self.placer = Placer(self._rebuild_freelist(), device.block_size)
         self._committer = GroupCommitter(keys, device.flush, self._after_commit)
-        self._cache: dict[tuple[str, str], Record] = {}
+        # (namespace, name) -> (record, byte offset of its one block or -1, its crc, its size)
+        self._cache: dict[tuple[str, str], tuple[Record, int, int, int]] = {}
+        self._fd = device.fd
         self._cache_size = cache_size
         self._cache_gen = 0
         self._cache_lock = threading.Lock()
@@ -384,14 +388,22 @@ class ObjectStore:
                 if o.record is None:
                     cache.pop(k, None)
                 else:
-                    cache[k] = o.record
+                    cache[k] = self._entry(o.record)
             while len(cache) > self._cache_size:
                 del cache[next(iter(cache))]
 
+    def _entry(self, rec: Record) -> tuple[Record, int, int, int]:
+        """A cache entry; objects of one stored block keep its offset and crc at hand so that
+        `get` reads them with one pread and no further lookups."""
+        ext = rec.manifest.extents
+        if len(ext) == 1 and ext[0][1] == 1 and ext[0][0] != HOLE:
+            return rec, ext[0][0] * self.block_size, rec.manifest.crcs[0], rec.size
+        return rec, -1, 0, 0
+
     def _record(self, namespace: str, name: str) -> Record:
-        rec = self._cache.get((namespace, name))
-        if rec is not None:
-            return rec
+        entry = self._cache.get((namespace, name))
+        if entry is not None:
+            return entry[0]
         gen = self._cache_gen
         rec = self.keys.get(namespace, name)
         if rec is None:
@@ -399,7 +411,7 @@ class ObjectStore:
             raise NotFound(f"{namespace}/{name} not found")
         with self._cache_lock:
             if gen == self._cache_gen and len(self._cache) < self._cache_size:
-                self._cache[(namespace, name)] = rec
+                self._cache[(namespace, name)] = self._entry(rec)
         return rec
 
     @property
@@ -431,9 +443,25 @@ class ObjectStore:
     ) -> ObjKey:
         """Store `data` as a new object; a name that exists is replaced. Returns its ObjKey
         (an unnamed object is named by its uuid)."""
-        w = ObjectWriter(self, namespace, name, len(data), _check_refs(refs), permanent)
-        w.write(data)
-        return w.commit()
+        mv = memoryview(data).cast("B")
+        uid = uuidlib.uuid4()
+        name = name if name is not None else str(uid)
+        check_name(namespace, name)
+        refs_ = _check_refs(refs)
+        extents = self.placer.place(-(-len(mv) // self.block_size))
+        try:
+            crcs = self.blocks.write(extents, mv)
+            key = ObjKey(uid, KeyGen.hash(mv), len(mv))
+            now = time.time()
+            rec = Record(
+                namespace, name, uid.bytes, len(mv), key.hash, 1,
+                FLAG_PERMANENT if permanent else 0, refs_, Manifest(tuple(extents), crcs), now, now,
+            )  # fmt: skip
+            self._commit(_Put(rec))
+        except BaseException:
+            self.placer.release(extents)
+            raise
+        return key
 
     def write_at(
         self,
@@ -572,14 +600,13 @@ class ObjectStore:
         length: int | None = None,
     ) -> memoryview:
         """The object's bytes (or `length` bytes from `offset`), checksum-verified."""
+        if not offset and length is None:  # the hot path: a whole small object, cached
+            entry = self._cache.get((namespace, name))
+            if entry is not None and entry[1] >= 0:
+                b = _pread(self._fd, self.block_size, entry[1])
+                if _crc(b) == entry[2]:
+                    return memoryview(b) if entry[3] == len(b) else memoryview(b)[: entry[3]]
         rec = self._record(namespace, name)
-        ext = rec.manifest.extents
-        if offset == 0 and length is None and len(ext) == 1 and rec.size <= self.block_size:
-            start = ext[0][0]
-            if start != HOLE:
-                b = os.pread(self.device.fd, self.block_size, start * self.block_size)
-                if crc32c.crc32c(b) == rec.manifest.crcs[0]:
-                    return memoryview(b)[: rec.size]
         for _ in range(4):
             try:
                 return self._read(rec, offset, length)
