@@ -66,10 +66,14 @@ class Superblock:
 
     @classmethod
     def decode(cls, raw: bytes, where: str) -> Superblock:
-        if len(raw) < _SB.size + _SB_CRC.size or raw[:8] != MAGIC:
-            raise FormatError(f"{where} is not a shoal device: {_describe(raw)}")
+        if len(raw) < _SB.size + _SB_CRC.size:
+            raise FormatError(f"{where} is too small to be a shoal device")
         body = raw[: _SB.size]
         (stored,) = _SB_CRC.unpack_from(raw, _SB.size)
+        if raw[:8] != MAGIC:
+            if crc32c.crc32c(MAGIC + body[8:]) == stored:
+                raise FormatError(f"{where}: the shoal superblock is damaged (its magic number)")
+            raise FormatError(f"{where} is not a shoal device: {_describe(raw)}")
         if crc32c.crc32c(body) != stored:
             raise FormatError(f"{where}: the shoal superblock is damaged (checksum mismatch)")
         _, version, block_size, block_count, dev_uuid, created = _SB.unpack(body)
@@ -89,7 +93,10 @@ def _describe(raw: bytes) -> str:
             return f"it holds {what}"
     if not raw.strip(b"\x00"):
         return "it is unformatted (all zeros); run `shoal disk format` first"
-    return "unknown contents; run `shoal disk format` to format it (erasing it)"
+    return (
+        "it holds data shoal does not recognise; if none of it is needed, "
+        "`shoal disk format --force` erases it"
+    )
 
 
 def _size_of(fd: int, is_blockdev: bool) -> int:
