@@ -142,7 +142,9 @@ def _source(args: argparse.Namespace) -> tuple[BinaryIO | bytes, int | None]:
 
 
 def cmd_format(args: argparse.Namespace) -> int:
-    with ObjectStore.format(args.device, args.keys, size=args.size, force=args.force) as s:
+    with ObjectStore.format(
+        args.device, args.keys, size=args.size, force=args.force, sparse=args.sparse
+    ) as s:
         print(
             f"formatted {args.device}: {s.data_blocks} blocks of {s.block_size} bytes "
             f"({s.data_blocks * s.block_size / (1 << 30):.2f} GiB), "
@@ -355,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = verb("format", cmd_format, "format a device (creating a file of --size if it is new)")
     v.add_argument("--size", type=parse_size, help="size of a new device file (e.g. 1G)")
     v.add_argument("--force", action="store_true", help="erase whatever the device holds")
+    v.add_argument(
+        "--sparse", action="store_true", help="do not reserve a new file's space up front"
+    )
 
     v = verb("put", cmd_put, "store an object (from --file, --data-literal or stdin)")
     v.add_argument("name", nargs="?", help="its name (default: its uuid)")

@@ -344,3 +344,13 @@ def test_other_format_version_is_refused(tmp_path: Path) -> None:
     bd.close()
     with pytest.raises(FormatError, match=r"format version 2; this shoal reads version 1"):
         ObjectStore.open(dev)
+
+
+def test_format_reserves_a_new_files_space_unless_sparse(tmp_path: Path) -> None:
+    import os
+
+    full, thin = tmp_path / "full", tmp_path / "thin"
+    ObjectStore.format(str(full), size=8 << 20).close()
+    ObjectStore.format(str(thin), size=8 << 20, sparse=True).close()
+    assert os.stat(full).st_blocks * 512 >= 8 << 20
+    assert os.stat(thin).st_blocks * 512 < 1 << 20

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import crc32c
 
-from shoal.errors import DeviceBusy, FormatError, InvalidArgument
+from shoal.errors import DeviceBusy, FormatError, InvalidArgument, NoSpace
 
 BLOCK_SIZE = 4096
 MAGIC = b"SHOAL\x00BD"
@@ -113,6 +113,12 @@ class BlockDevice:
     def __init__(self, path: str, fd: int, sb: Superblock, is_blockdev: bool) -> None:
         self.path = path
         self.fd = fd
+        # A second descriptor for large writes that bypass the page cache (O_DIRECT); -1
+        # where the filesystem has no O_DIRECT (tmpfs), and then every write is buffered.
+        try:
+            self.direct_fd = os.open(path, os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC)
+        except OSError:
+            self.direct_fd = -1
         self.superblock = sb
         self.block_size = sb.block_size
         self.block_count = sb.block_count
@@ -122,8 +128,12 @@ class BlockDevice:
     # -- lifecycle -------------------------------------------------------------------------
 
     @classmethod
-    def format(cls, path: str, size: int | None = None, *, force: bool = False) -> BlockDevice:
-        """Write a fresh superblock. Creates a (sparse) file of `size` bytes if `path` is new."""
+    def format(
+        cls, path: str, size: int | None = None, *, force: bool = False, sparse: bool = False
+    ) -> BlockDevice:
+        """Write a fresh superblock. A file of `size` bytes is made if `path` is new, its
+        space reserved on the filesystem (unless `sparse`), so that a full filesystem can
+        never fail a write the device has room for."""
         exists = os.path.exists(path)
         if not exists and size is None:
             raise InvalidArgument(f"{path} does not exist: give a size to create it")
@@ -138,6 +148,8 @@ class BlockDevice:
                     raise FormatError(f"{path} is not empty ({what}); use --force to erase it")
             if size is not None and not is_blockdev:
                 os.ftruncate(fd, size)
+                if not sparse:
+                    _reserve(fd, path, size)
             total = _size_of(fd, is_blockdev)
             count = total // BLOCK_SIZE
             if count < 2:
@@ -174,6 +186,9 @@ class BlockDevice:
         return cls(path, fd, sb, is_blockdev)
 
     def close(self) -> None:
+        if self.direct_fd >= 0:
+            os.close(self.direct_fd)
+            self.direct_fd = -1
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -191,15 +206,14 @@ class BlockDevice:
         return os.preadv(self.fd, buffers, block * self.block_size)
 
     def pwritev(self, buffers: Sequence[bytes | memoryview], block: int) -> None:
+        _write_all(self.fd, buffers, block * self.block_size)
+
+    def pwrite_direct(self, buf: memoryview, block: int) -> None:
+        """Write an aligned buffer (whole blocks, page-aligned memory) bypassing the cache."""
         offset = block * self.block_size
-        want = sum(len(b) for b in buffers)
-        done = os.pwritev(self.fd, buffers, offset)
-        if done != want:  # short write: finish it with plain pwrite of the rest
-            rest = b"".join(bytes(b) for b in buffers)[done:]
-            while rest:
-                n = os.pwrite(self.fd, rest, offset + done)
-                done += n
-                rest = rest[n:]
+        done = os.pwrite(self.direct_fd, buf, offset)
+        if done != len(buf):
+            _write_all(self.fd, [buf[done:]], offset + done)
 
     def flush(self) -> None:
         os.fdatasync(self.fd)
@@ -241,6 +255,30 @@ class BlockDevice:
 
     def _range(self, block: int, count: int) -> tuple[int, int]:
         return block * self.block_size, count * self.block_size
+
+
+def _write_all(fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> None:
+    want = sum(len(b) for b in buffers)
+    done = os.pwritev(fd, buffers, offset)
+    if done != want:  # a short write: finish it with plain writes of the rest
+        rest = b"".join(bytes(b) for b in buffers)[done:]
+        while rest:
+            n = os.pwrite(fd, rest, offset + done)
+            done += n
+            rest = rest[n:]
+
+
+def _reserve(fd: int, path: str, size: int) -> None:
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise NoSpace(
+                f"the filesystem under {path} has no room for {size} bytes "
+                "(--sparse makes the file without reserving its space)"
+            ) from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
 
 
 def _lock(fd: int, path: str) -> None:

@@ -306,14 +306,20 @@ class ObjectStore:
 
     @classmethod
     def format(
-        cls, device: str, keys: str | None = None, *, size: int | None = None, force: bool = False
+        cls,
+        device: str,
+        keys: str | None = None,
+        *,
+        size: int | None = None,
+        force: bool = False,
+        sparse: bool = False,
     ) -> ObjectStore:
         """Make a new, empty store on `device` (a file, created with `size` if new, or a block
         device) with its KeyStore at `keys`."""
         keys = keys or default_keys_path(device)
         if os.path.exists(keys) and not force:
             raise InvalidArgument(f"key store {keys} already exists; use --force to replace it")
-        dev = BlockDevice.format(device, size, force=force)
+        dev = BlockDevice.format(device, size, force=force, sparse=sparse)
         try:
             ks = KeyStore.create(keys, dev.superblock.device_uuid, force=True)
         except BaseException:
