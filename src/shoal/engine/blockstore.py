@@ -42,12 +42,16 @@ class BlockStore:
         """Write `data` over `extents` (in logical order, enough blocks for it; a short last
         block is zero-padded) and return the crc32c of each block written."""
         mv = memoryview(data).cast("B")
+        self.write_extents(extents, mv)
+        return block_crcs(mv, self.bs)
+
+    def write_extents(self, extents: list[Extent], mv: memoryview) -> None:
+        """`write` without the checksums."""
         bs = self.bs
         pos = 0
         for start, count in extents:
             self._write_piece(start, mv[pos : pos + count * bs])
             pos += count * bs
-        return block_crcs(mv, bs)
 
     def _write_piece(self, start: int, piece: memoryview) -> None:
         """Write `piece` at device block `start`, zero-padding its last block. Large pieces go

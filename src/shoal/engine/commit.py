@@ -1,12 +1,22 @@
 """Group commit: many writers, one data flush and one KeyStore transaction per group.
 
-A writer has put its data in fresh blocks before it submits a Change. The first waiting writer
-becomes the leader: it takes every queued change, flushes the device once (data durable before
-its commit), applies each change in a savepoint of one transaction, commits (SQLite fsyncs its
-WAL) and wakes the others. Writers that arrive meanwhile queue for the next group, so under
-load one pair of flushes serves many writes. A failed change rolls back to its savepoint and
-does not disturb the rest of its group. A failed data flush is fatal: after it the page cache
-may lie about what is on disk, so the store refuses writes until reopened.
+A large object's data is written by its writer before it submits its Change; a small one's
+travels with the change. One writer at a time is the leader: it takes every queued change,
+lets each write what it carries (`write`: allocate, checksum, hash, pwrite), flushes the
+device once (all data durable before any commit), reads the rows the changes touch in one
+query, works out each change in memory (a change is a pure function from the current row to
+the new one, so a refused change leaves the row as it was for the next), writes the results
+in one transaction and commits (SQLite fsyncs its WAL). It then wakes exactly the writers it
+served. The lead passes to the first writer that queued meanwhile as soon as the data flush is
+done, so the next group writes and flushes while this one commits (a two-stage pipeline, in
+group order). Under load one pair of flushes serves many writes.
+
+Why the leader does the small writes' work itself: while other threads hold the GIL, each of
+the leader's returns from a system call waits for it, and those waits, not the disk, would set
+the pace. Writers that sleep until their commit is done leave the leader running uncontended.
+
+A failed data flush is fatal: after it the page cache may lie about the disk, so the store
+refuses writes until it is reopened.
 """
 
 from __future__ import annotations
@@ -35,19 +45,33 @@ class Outcome:
 
 
 class Change(Protocol):
-    writes_data: bool
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def writes_data(self) -> bool: ...
 
-    def apply(self, keys: KeyStore) -> Outcome: ...
+    def write(self) -> None:
+        """Write the data the change carries, if any (run by the leader before the flush)."""
+        ...
+
+    def apply(self, cur: Record | None) -> Outcome:
+        """The outcome of this change on the object's current record (None: absent).
+        Raises a ShoalError to refuse, changing nothing."""
+        ...
 
 
 class _Ticket:
-    __slots__ = ("change", "done", "error", "outcome")
+    __slots__ = ("change", "done", "error", "outcome", "wake")
 
     def __init__(self, change: Change) -> None:
         self.change = change
         self.outcome: Outcome | None = None
         self.error: BaseException | None = None
         self.done = False
+        self.wake = threading.Lock()
+        self.wake.acquire()  # released by the leader: "done" or "you lead now"
 
 
 @dataclass(slots=True)
@@ -57,17 +81,26 @@ class CommitStats:
     flushes: int = 0
 
 
+def _fail(batch: list[_Ticket], exc: BaseException) -> None:
+    """Nothing of the batch is committed: every ticket gets an error (its own instance)."""
+    for t in batch:
+        t.outcome = None
+        if t.error is None:
+            t.error = type(exc)(str(exc)) if isinstance(exc, ShoalError) else exc
+
+
 class GroupCommitter:
     def __init__(
         self,
         keys: KeyStore,
-        flush_data: Callable[[], None],
+        flush: Callable[[], None],
         after_commit: Callable[[list[Outcome]], None],
     ) -> None:
         self._keys = keys
-        self._flush = flush_data
+        self._flush = flush
         self._after = after_commit
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
+        self._commit_lock = threading.Lock()
         self._queue: list[_Ticket] = []
         self._leading = False
         self.failed: str | None = None
@@ -75,63 +108,90 @@ class GroupCommitter:
 
     def submit(self, change: Change) -> Outcome:
         ticket = _Ticket(change)
-        with self._cond:
+        with self._mutex:
             self._queue.append(ticket)
-            while not ticket.done:
-                if self._leading:
-                    self._cond.wait()
-                    continue
-                self._leading = True
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            ticket.wake.acquire()
+        if not ticket.done:  # leading
+            with self._mutex:
                 batch, self._queue = self._queue, []
-                self._cond.release()
-                try:
-                    self._run(batch)
-                finally:
-                    self._cond.acquire()
-                    self._leading = False
-                    self._cond.notify_all()
+            self._lead(batch)
         if ticket.error is not None:
             raise ticket.error
         assert ticket.outcome is not None
         return ticket.outcome
 
-    def _run(self, batch: list[_Ticket]) -> None:
+    def _lead(self, batch: list[_Ticket]) -> None:
+        """Write and flush the batch, then pass the lead on and commit: the next group's
+        data flush overlaps this group's KeyStore commit. Commits stay in group order: the
+        commit lock is taken before the lead is passed."""
+        written = False
         try:
             if self.failed is not None:
                 raise StoreFailed(self.failed)
-            if any(t.change.writes_data for t in batch):
-                try:
-                    self._flush()
-                except OSError as exc:
-                    self.failed = f"a data flush failed ({exc}); reopen the store"
-                    raise StoreFailed(self.failed) from exc
-                self.stats.flushes += 1
-            self._apply(batch)
-            self.stats.groups += 1
-            self.stats.changes += len(batch)
-            self._after([t.outcome for t in batch if t.outcome is not None])
+            self._write_data(batch)
+            written = True
         except BaseException as exc:
-            for t in batch:
-                t.outcome = None
-                if t.error is None:
-                    t.error = exc
+            _fail(batch, exc)
+        self._commit_lock.acquire()
+        with self._mutex:
+            if self._queue:
+                self._queue[0].wake.release()
+            else:
+                self._leading = False
+        try:
+            if written:
+                self._apply([t for t in batch if t.error is None])
+                self.stats.groups += 1
+                self.stats.changes += len(batch)
+                self._after([t.outcome for t in batch if t.outcome is not None])
+        except BaseException as exc:
+            _fail(batch, exc)
         finally:
+            self._commit_lock.release()
             for t in batch:
                 t.done = True
+            for t in batch[1:]:  # the first is the leader itself, awake already
+                t.wake.release()
+
+    def _write_data(self, batch: list[_Ticket]) -> None:
+        flush = False
+        for t in batch:
+            try:
+                t.change.write()
+            except (OSError, ShoalError) as exc:
+                t.error = exc
+                continue
+            flush = flush or t.change.writes_data
+        if flush:
+            try:
+                self._flush()
+            except OSError as exc:
+                self.failed = f"a data flush failed ({exc}); reopen the store"
+                raise StoreFailed(self.failed) from exc
+            self.stats.flushes += 1
 
     def _apply(self, batch: list[_Ticket]) -> None:
         keys = self._keys
         try:
             keys.begin()
+            state = keys.w_get_many({(t.change.namespace, t.change.name) for t in batch})
+            touched: set[tuple[str, str]] = set()
             for t in batch:
-                keys.savepoint()
+                k = (t.change.namespace, t.change.name)
                 try:
-                    t.outcome = t.change.apply(keys)
+                    t.outcome = t.change.apply(state.get(k))
                 except ShoalError as exc:
-                    keys.rollback_to()
                     t.error = exc
-                else:
-                    keys.release()
+                    continue
+                state[k] = t.outcome.record
+                touched.add(k)
+            keys.w_write(
+                [r for k in touched if (r := state[k]) is not None],
+                [k for k in touched if state[k] is None],
+            )
             keys.commit()
         except sqlite3.Error as exc:
             keys.rollback()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import uuid as uuidlib
 from dataclasses import dataclass
 
@@ -36,8 +37,14 @@ class KeyGen:
     """Makes the ObjKey of a new object."""
 
     @staticmethod
+    def uuid() -> uuidlib.UUID:
+        """A random (version 4) uuid, drawn without a system call: under a contended GIL
+        every system call costs a wait for the lock on return."""
+        return uuidlib.UUID(bytes=random.randbytes(16), version=4)
+
+    @staticmethod
     def new(content_hash: bytes | None, size: int) -> ObjKey:
-        return ObjKey(uuidlib.uuid4(), content_hash, size)
+        return ObjKey(KeyGen.uuid(), content_hash, size)
 
     @staticmethod
     def hash(data: bytes | bytearray | memoryview) -> bytes:

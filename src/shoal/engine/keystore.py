@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from shoal.engine.keys import ObjKey
@@ -137,6 +137,7 @@ def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA cache_size=-65536")  # KiB: hot index pages stay in memory
     return conn
 
 
@@ -271,26 +272,30 @@ class KeyStore:
         if self._w.in_transaction:
             self._w.execute("ROLLBACK")
 
-    def savepoint(self) -> None:
-        self._w.execute("SAVEPOINT change")
+    def w_get_many(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Record | None]:
+        """The current rows of (namespace, name) `keys`, inside the write transaction.
+        (One `name IN (...)` per namespace: a row-value IN over a VALUES list scans the
+        whole table in SQLite.)"""
+        by_ns: dict[str, list[str]] = {}
+        for ns, name in keys:
+            by_ns.setdefault(ns, []).append(name)
+        out: dict[tuple[str, str], Record | None] = {}
+        for ns, names in by_ns.items():
+            for i in range(0, len(names), 500):
+                chunk = names[i : i + 500]
+                sql = (
+                    f"SELECT {_COLS} FROM objects WHERE namespace = ? "
+                    f"AND name IN ({','.join('?' * len(chunk))})"
+                )
+                for r in self._w.execute(sql, [ns, *chunk]):
+                    rec = _row(r)
+                    out[(rec.namespace, rec.name)] = rec
+        return out
 
-    def release(self) -> None:
-        self._w.execute("RELEASE change")
-
-    def rollback_to(self) -> None:
-        self._w.execute("ROLLBACK TO change")
-        self._w.execute("RELEASE change")
-
-    def w_get(self, namespace: str, name: str) -> Record | None:
-        r = self._w.execute(
-            f"SELECT {_COLS} FROM objects WHERE namespace = ? AND name = ?", (namespace, name)
-        ).fetchone()
-        return _row(r) if r else None
-
-    def w_put(self, rec: Record) -> None:
-        """Insert or replace the row of (rec.namespace, rec.name)."""
-        self._w.execute(f"INSERT OR REPLACE INTO objects ({_COLS}) VALUES ({','.join('?' * 12)})",
-                        _values(rec))  # fmt: skip
-
-    def w_delete(self, namespace: str, name: str) -> None:
-        self._w.execute("DELETE FROM objects WHERE namespace = ? AND name = ?", (namespace, name))
+    def w_write(self, records: Iterable[Record], deletes: Iterable[tuple[str, str]]) -> None:
+        """Insert or replace `records` (by namespace and name) and delete `deletes`."""
+        self._w.executemany(
+            f"INSERT OR REPLACE INTO objects ({_COLS}) VALUES ({','.join('?' * 12)})",
+            [_values(r) for r in records],
+        )
+        self._w.executemany("DELETE FROM objects WHERE namespace = ? AND name = ?", deletes)

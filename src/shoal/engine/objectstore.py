@@ -25,7 +25,7 @@ import time
 import uuid as uuidlib
 from array import array
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 
 import crc32c
@@ -36,13 +36,20 @@ from shoal.engine.device import BlockDevice
 from shoal.engine.freelist import Extent, FreeList
 from shoal.engine.keys import Hasher, KeyGen, ObjKey
 from shoal.engine.keystore import FLAG_PERMANENT, REF_SIZE, KeyStore, Record, check_name
-from shoal.engine.manifest import HOLE, Manifest
+from shoal.engine.manifest import HOLE, Manifest, block_crcs
 from shoal.engine.placer import Placer
-from shoal.errors import Conflict, Forbidden, IntegrityError, InvalidArgument, NotFound
+from shoal.errors import (
+    Conflict,
+    Forbidden,
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+)
 
 DEFAULT_NAMESPACE = "default"
 _CACHE_SIZE = 65536
 _LOCK_STRIPES = 256
+_LEADER_WRITES = 64 << 10  # puts up to this size hand their data to the group commit leader
 _GROW_MIN, _GROW_MAX = 256, 16384  # blocks reserved at a time by a writer of unknown size
 
 Data = bytes | bytearray | memoryview
@@ -57,25 +64,47 @@ def default_keys_path(device: str) -> str:
     return device + ".keys"
 
 
-# -- changes: each runs inside the group transaction and reads the current row itself -------
+# -- changes: pure functions of the object's current record, run by the group commit ------
 
 
 @dataclass(slots=True)
 class _Put:
+    """A new object. With `small` set, the group commit leader allocates, checksums, hashes
+    and writes its data (`write`), then fills in the record's manifest and hash."""
+
     record: Record
+    small: tuple[ObjectStore, memoryview] | None = None
+    extents: list[Extent] = field(default_factory=list)
     writes_data = True
 
-    def apply(self, keys: KeyStore) -> Outcome:
+    @property
+    def namespace(self) -> str:
+        return self.record.namespace
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    def write(self) -> None:
+        if self.small is None:
+            return
+        store, data = self.small
+        self.extents = store.placer.place(-(-len(data) // store.block_size))
+        store.blocks.write_extents(self.extents, data)
+        r = self.record
+        self.record = Record(
+            r.namespace, r.name, r.uuid, r.size, KeyGen.hash(data), r.version, r.flags, r.refs,
+            Manifest(tuple(self.extents), block_crcs(data, store.block_size)), r.ctime, r.mtime,
+        )  # fmt: skip
+
+    def apply(self, cur: Record | None) -> Outcome:
         rec = self.record
-        cur = keys.w_get(rec.namespace, rec.name)
-        freed: list[Extent] = []
-        if cur is not None:
-            if cur.permanent:
-                raise Forbidden(f"{rec.namespace}/{rec.name} is permanent: it cannot be replaced")
-            rec = replace(rec, version=cur.version + 1)
-            freed = list(cur.manifest.physical())
-        keys.w_put(rec)
-        return Outcome(rec.namespace, rec.name, rec, freed, cur)
+        if cur is None:
+            return Outcome(rec.namespace, rec.name, rec)
+        if cur.permanent:
+            raise Forbidden(f"{rec.namespace}/{rec.name} is permanent: it cannot be replaced")
+        rec = replace(rec, version=cur.version + 1)
+        return Outcome(rec.namespace, rec.name, rec, list(cur.manifest.physical()), cur)
 
 
 @dataclass(slots=True)
@@ -86,16 +115,25 @@ class _WriteAt:
     expect_version: int | None
     writes_data = True
 
-    def apply(self, keys: KeyStore) -> Outcome:
+    def write(self) -> None:
+        pass
+
+    @property
+    def namespace(self) -> str:
+        return self.record.namespace
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    def apply(self, cur: Record | None) -> Outcome:
         rec = self.record
-        cur = keys.w_get(rec.namespace, rec.name)
         if (cur.version if cur else None) != self.expect_version:
             raise Conflict(f"{rec.namespace}/{rec.name} changed during write-at-offset")
         freed: list[Extent] = []
         if cur is not None:
             n = cur.manifest.nblocks
             freed = [(s, c) for _, s, c in cur.manifest.runs(self.lo, min(self.hi, n)) if s != HOLE]
-        keys.w_put(rec)
         return Outcome(rec.namespace, rec.name, rec, freed, cur)
 
 
@@ -105,13 +143,14 @@ class _Delete:
     name: str
     writes_data = False
 
-    def apply(self, keys: KeyStore) -> Outcome:
-        cur = keys.w_get(self.namespace, self.name)
+    def write(self) -> None:
+        pass
+
+    def apply(self, cur: Record | None) -> Outcome:
         if cur is None:
             raise NotFound(f"{self.namespace}/{self.name} not found")
         if cur.permanent:
             raise Forbidden(f"{self.namespace}/{self.name} is permanent: it cannot be deleted")
-        keys.w_delete(self.namespace, self.name)
         return Outcome(self.namespace, self.name, None, list(cur.manifest.physical()), cur)
 
 
@@ -123,18 +162,17 @@ class _Refs:
     remove: tuple[bytes, ...]
     writes_data = False
 
-    def apply(self, keys: KeyStore) -> Outcome:
-        cur = keys.w_get(self.namespace, self.name)
+    def write(self) -> None:
+        pass
+
+    def apply(self, cur: Record | None) -> Outcome:
         if cur is None:
             raise NotFound(f"{self.namespace}/{self.name} not found")
         refs = [r for r in cur.refs if r not in self.remove]
         refs += [r for r in dict.fromkeys(self.add) if r not in refs]
         if cur.refs and not refs and self.remove and not cur.permanent:
-            keys.w_delete(self.namespace, self.name)
             return Outcome(self.namespace, self.name, None, list(cur.manifest.physical()), cur)
-        rec = cur.changed(refs=tuple(refs))
-        keys.w_put(rec)
-        return Outcome(self.namespace, self.name, rec, [], cur)
+        return Outcome(self.namespace, self.name, cur.changed(refs=tuple(refs)), [], cur)
 
 
 def _check_refs(refs: Iterable[bytes]) -> tuple[bytes, ...]:
@@ -161,7 +199,7 @@ class ObjectWriter:
         permanent: bool,
     ) -> None:
         self._store = store
-        self._uuid = uuidlib.uuid4()
+        self._uuid = KeyGen.uuid()
         self.namespace = namespace
         self.name = name if name is not None else str(self._uuid)
         check_name(namespace, self.name)
@@ -450,24 +488,28 @@ class ObjectStore:
         """Store `data` as a new object; a name that exists is replaced. Returns its ObjKey
         (an unnamed object is named by its uuid)."""
         mv = memoryview(data).cast("B")
-        uid = uuidlib.uuid4()
+        uid = KeyGen.uuid()
         name = name if name is not None else str(uid)
         check_name(namespace, name)
-        refs_ = _check_refs(refs)
-        extents = self.placer.place(-(-len(mv) // self.block_size))
+        now = time.time()
+        rec = Record(
+            namespace, name, uid.bytes, len(mv), None, 1, FLAG_PERMANENT if permanent else 0,
+            _check_refs(refs), Manifest.empty(), now, now,
+        )  # fmt: skip
+        if len(mv) <= _LEADER_WRITES:
+            change = _Put(rec, (self, mv))
+        else:
+            change = _Put(rec, None, self.placer.place(-(-len(mv) // self.block_size)))
         try:
-            crcs = self.blocks.write(extents, mv)
-            key = ObjKey(uid, KeyGen.hash(mv), len(mv))
-            now = time.time()
-            rec = Record(
-                namespace, name, uid.bytes, len(mv), key.hash, 1,
-                FLAG_PERMANENT if permanent else 0, refs_, Manifest(tuple(extents), crcs), now, now,
-            )  # fmt: skip
-            self._commit(_Put(rec))
+            if change.small is None:
+                crcs = self.blocks.write(change.extents, mv)
+                manifest = Manifest(tuple(change.extents), crcs)
+                change.record = replace(rec, hash=KeyGen.hash(mv), manifest=manifest)
+            self._commit(change)
         except BaseException:
-            self.placer.release(extents)
+            self.placer.release(change.extents)
             raise
-        return key
+        return change.record.key
 
     def write_at(
         self,
@@ -513,7 +555,7 @@ class ObjectStore:
                     else:
                         now = time.time()
                         rec = Record(
-                            namespace, name, uuidlib.uuid4().bytes, size, None, 1, 0, (),
+                            namespace, name, KeyGen.uuid().bytes, size, None, 1, 0, (),
                             manifest, now, now,
                         )  # fmt: skip
                     self._commit(_WriteAt(rec, lo, hi, cur.version if cur else None))
