@@ -211,7 +211,12 @@ class BlockDevice:
     def pwrite_direct(self, buf: memoryview, block: int) -> None:
         """Write an aligned buffer (whole blocks, page-aligned memory) bypassing the cache."""
         offset = block * self.block_size
-        done = os.pwrite(self.direct_fd, buf, offset)
+        try:
+            done = os.pwrite(self.direct_fd, buf, offset)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise NoSpace("the filesystem holding this (sparse) device file is full") from None
+            raise
         if done != len(buf):
             _write_all(self.fd, [buf[done:]], offset + done)
 
@@ -259,13 +264,18 @@ class BlockDevice:
 
 def _write_all(fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> None:
     want = sum(len(b) for b in buffers)
-    done = os.pwritev(fd, buffers, offset)
-    if done != want:  # a short write: finish it with plain writes of the rest
-        rest = b"".join(bytes(b) for b in buffers)[done:]
-        while rest:
-            n = os.pwrite(fd, rest, offset + done)
-            done += n
-            rest = rest[n:]
+    try:
+        done = os.pwritev(fd, buffers, offset)
+        if done != want:  # a short write: finish it with plain writes of the rest
+            rest = b"".join(bytes(b) for b in buffers)[done:]
+            while rest:
+                n = os.pwrite(fd, rest, offset + done)
+                done += n
+                rest = rest[n:]
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:  # only a sparse device file on a full filesystem
+            raise NoSpace("the filesystem holding this (sparse) device file is full") from None
+        raise
 
 
 def _reserve(fd: int, path: str, size: int) -> None:
