@@ -11,7 +11,9 @@ from __future__ import annotations
 import mmap
 import threading
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import TypeVar
 
 import crc32c
 
@@ -20,9 +22,34 @@ from shoal.engine.freelist import Extent
 from shoal.engine.manifest import HOLE, Manifest, block_crcs, runs
 from shoal.errors import IntegrityError
 
-_DIRECT_MIN = 256 << 10  # pieces this large bypass the page cache
+_DIRECT_MIN = 256 << 10  # pieces this large bypass the page cache, checksummed meanwhile
 _DIRECT_CHUNK = 4 << 20
+T = TypeVar("T")
 _local = threading.local()
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def while_writing(nbytes: int, compute: Callable[[], T], write: Callable[[], None]) -> T:
+    """`compute()` (checksums, hashing: C code that lets go of the GIL) on a helper thread
+    while `write()` (a system call that lets go of it too) runs here, when there are enough
+    bytes for the overlap to pay; one after the other otherwise."""
+    global _pool
+    if nbytes < _DIRECT_MIN:
+        write()
+        return compute()
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shoal-sums")
+    future = _pool.submit(compute)
+    try:
+        write()
+    finally:
+        wait([future])  # the data must not be released while it is being read
+    return future.result()
 
 
 def _aligned_buffer() -> mmap.mmap:
@@ -42,8 +69,9 @@ class BlockStore:
         """Write `data` over `extents` (in logical order, enough blocks for it; a short last
         block is zero-padded) and return the crc32c of each block written."""
         mv = memoryview(data).cast("B")
-        self.write_extents(extents, mv)
-        return block_crcs(mv, self.bs)
+        return while_writing(
+            len(mv), lambda: block_crcs(mv, self.bs), lambda: self.write_extents(extents, mv)
+        )
 
     def write_extents(self, extents: list[Extent], mv: memoryview) -> None:
         """`write` without the checksums."""

@@ -30,7 +30,7 @@ from types import TracebackType
 
 import crc32c
 
-from shoal.engine.blockstore import BlockStore
+from shoal.engine.blockstore import BlockStore, while_writing
 from shoal.engine.commit import GroupCommitter, Outcome
 from shoal.engine.device import BlockDevice
 from shoal.engine.freelist import Extent, FreeList
@@ -242,8 +242,10 @@ class ObjectWriter:
             raise InvalidArgument(
                 f"{self.namespace}/{self.name}: more data than the announced {self._expected} bytes"
             )
-        self._hasher.update(mv)
+        while_writing(len(mv), lambda: self._hasher.update(mv), lambda: self._write(mv))
         self._size += len(mv)
+
+    def _write(self, mv: memoryview) -> None:
         bs = self._bs
         if self._tail:
             take = bs - len(self._tail)
@@ -264,11 +266,13 @@ class ObjectWriter:
         short = self._written + n - self._reserved
         if short > 0:
             self._reserve(max(short, min(max(self._reserved, _GROW_MIN), _GROW_MAX)))
-        self._store.blocks.write_runs(self._extents, self._written, blocks)
-        crc = crc32c.crc32c
-        mv = memoryview(blocks)
-        bs = self._bs
-        self._crcs.extend(crc(mv[i : i + bs]) for i in range(0, len(mv), bs))
+        written = self._written
+        crcs = while_writing(
+            len(blocks),
+            lambda: block_crcs(blocks, self._bs),
+            lambda: self._store.blocks.write_runs(self._extents, written, blocks),
+        )
+        self._crcs.extend(crcs)
         self._written += n
 
     def commit(self) -> ObjKey:
@@ -502,9 +506,13 @@ class ObjectStore:
             change = _Put(rec, None, self.placer.place(-(-len(mv) // self.block_size)))
         try:
             if change.small is None:
-                crcs = self.blocks.write(change.extents, mv)
+                crcs, digest = while_writing(
+                    len(mv),
+                    lambda: (block_crcs(mv, self.block_size), KeyGen.hash(mv)),
+                    lambda: self.blocks.write_extents(change.extents, mv),
+                )
                 manifest = Manifest(tuple(change.extents), crcs)
-                change.record = replace(rec, hash=KeyGen.hash(mv), manifest=manifest)
+                change.record = replace(rec, hash=digest, manifest=manifest)
             self._commit(change)
         except BaseException:
             self.placer.release(change.extents)
