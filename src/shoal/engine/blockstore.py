@@ -24,6 +24,8 @@ from shoal.errors import IntegrityError
 
 _DIRECT_MIN = 256 << 10  # pieces this large bypass the page cache, checksummed meanwhile
 _DIRECT_CHUNK = 4 << 20
+_IOV_MAX = 1024
+Data = bytes | memoryview
 T = TypeVar("T")
 _local = threading.local()
 
@@ -80,6 +82,37 @@ class BlockStore:
         for start, count in extents:
             self._write_piece(start, mv[pos : pos + count * bs])
             pos += count * bs
+
+    def pieces(self, extents: list[Extent], mv: memoryview) -> list[tuple[int, list[Data]]]:
+        """`mv` cut along `extents` as (device block, buffers), the last block zero-padded."""
+        bs = self.bs
+        out: list[tuple[int, list[Data]]] = []
+        pos = 0
+        for start, count in extents:
+            piece = mv[pos : pos + count * bs]
+            pad = count * bs - len(piece)
+            out.append((start, [piece, self.device.zero_block[:pad]] if pad else [piece]))
+            pos += count * bs
+        return out
+
+    def write_gathered(self, pieces: list[tuple[int, list[Data]]]) -> None:
+        """Write many small pieces, joining those that neighbour on the device into one
+        pwritev (the group commit leader's many small puts)."""
+        bs = self.bs
+        pieces = sorted(pieces, key=lambda p: p[0])
+        run_bufs: list[Data] = []
+        run_start = run_end = -1
+        for start, bufs in pieces:
+            size = sum(len(b) for b in bufs) // bs
+            if start == run_end and len(run_bufs) + len(bufs) <= _IOV_MAX:
+                run_bufs += bufs
+                run_end += size
+                continue
+            if run_bufs:
+                self.device.pwritev(run_bufs, run_start)
+            run_start, run_bufs, run_end = start, list(bufs), start + size
+        if run_bufs:
+            self.device.pwritev(run_bufs, run_start)
 
     def _write_piece(self, start: int, piece: memoryview) -> None:
         """Write `piece` at device block `start`, zero-padding its last block. Large pieces go

@@ -2,7 +2,8 @@
 
 A large object's data is written by its writer before it submits its Change; a small one's
 travels with the change. One writer at a time is the leader: it takes every queued change,
-lets each write what it carries (`write`: allocate, checksum, hash, pwrite), flushes the
+lets each prepare what it carries (`prepare`: allocate, checksum, hash), writes all of it with
+as few system calls as the blocks allow (neighbouring blocks in one pwritev), flushes the
 device once (all data durable before any commit), reads the rows the changes touch in one
 query, works out each change in memory (a change is a pure function from the current row to
 the new one, so a refused change leaves the row as it was for the next), writes the results
@@ -31,6 +32,8 @@ from shoal.engine.freelist import Extent
 from shoal.engine.keystore import KeyStore, Record
 from shoal.errors import NoSpace, ShoalError, StoreFailed
 
+Piece = tuple[int, list[bytes | memoryview]]  # (device block, buffers of whole blocks)
+
 
 @dataclass(slots=True)
 class Outcome:
@@ -52,8 +55,8 @@ class Change(Protocol):
     @property
     def writes_data(self) -> bool: ...
 
-    def write(self) -> None:
-        """Write the data the change carries, if any (run by the leader before the flush)."""
+    def prepare(self) -> list[Piece]:
+        """Blocks to write for the data the change carries, if any (run by the leader)."""
         ...
 
     def apply(self, cur: Record | None) -> Outcome:
@@ -93,10 +96,12 @@ class GroupCommitter:
     def __init__(
         self,
         keys: KeyStore,
+        write: Callable[[list[Piece]], None],
         flush: Callable[[], None],
         after_commit: Callable[[list[Outcome]], None],
     ) -> None:
         self._keys = keys
+        self._write = write
         self._flush = flush
         self._after = after_commit
         self._mutex = threading.Lock()
@@ -158,13 +163,23 @@ class GroupCommitter:
 
     def _write_data(self, batch: list[_Ticket]) -> None:
         flush = False
+        pieces: list[Piece] = []
+        owners: list[_Ticket] = []
         for t in batch:
             try:
-                t.change.write()
+                mine = t.change.prepare()
             except (OSError, ShoalError) as exc:
                 t.error = exc
                 continue
+            if mine:
+                pieces += mine
+                owners.append(t)
             flush = flush or t.change.writes_data
+        if pieces:
+            try:
+                self._write(pieces)
+            except (OSError, ShoalError) as exc:
+                _fail(owners, exc)
         if flush:
             try:
                 self._flush()

@@ -298,4 +298,6 @@ class KeyStore:
             f"INSERT OR REPLACE INTO objects ({_COLS}) VALUES ({','.join('?' * 12)})",
             [_values(r) for r in records],
         )
-        self._w.executemany("DELETE FROM objects WHERE namespace = ? AND name = ?", deletes)
+        deletes = list(deletes)
+        if deletes:
+            self._w.executemany("DELETE FROM objects WHERE namespace = ? AND name = ?", deletes)

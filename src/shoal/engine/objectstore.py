@@ -31,7 +31,7 @@ from types import TracebackType
 import crc32c
 
 from shoal.engine.blockstore import BlockStore, while_writing
-from shoal.engine.commit import GroupCommitter, Outcome
+from shoal.engine.commit import GroupCommitter, Outcome, Piece
 from shoal.engine.device import BlockDevice
 from shoal.engine.freelist import Extent, FreeList
 from shoal.engine.keys import Hasher, KeyGen, ObjKey
@@ -85,17 +85,17 @@ class _Put:
     def name(self) -> str:
         return self.record.name
 
-    def write(self) -> None:
+    def prepare(self) -> list[Piece]:
         if self.small is None:
-            return
+            return []
         store, data = self.small
         self.extents = store.placer.place(-(-len(data) // store.block_size))
-        store.blocks.write_extents(self.extents, data)
         r = self.record
         self.record = Record(
             r.namespace, r.name, r.uuid, r.size, KeyGen.hash(data), r.version, r.flags, r.refs,
             Manifest(tuple(self.extents), block_crcs(data, store.block_size)), r.ctime, r.mtime,
         )  # fmt: skip
+        return store.blocks.pieces(self.extents, data)
 
     def apply(self, cur: Record | None) -> Outcome:
         rec = self.record
@@ -115,8 +115,8 @@ class _WriteAt:
     expect_version: int | None
     writes_data = True
 
-    def write(self) -> None:
-        pass
+    def prepare(self) -> list[Piece]:
+        return []
 
     @property
     def namespace(self) -> str:
@@ -143,8 +143,8 @@ class _Delete:
     name: str
     writes_data = False
 
-    def write(self) -> None:
-        pass
+    def prepare(self) -> list[Piece]:
+        return []
 
     def apply(self, cur: Record | None) -> Outcome:
         if cur is None:
@@ -162,8 +162,8 @@ class _Refs:
     remove: tuple[bytes, ...]
     writes_data = False
 
-    def write(self) -> None:
-        pass
+    def prepare(self) -> list[Piece]:
+        return []
 
     def apply(self, cur: Record | None) -> Outcome:
         if cur is None:
@@ -335,7 +335,9 @@ class ObjectStore:
         self.blocks = BlockStore(device)
         self.problems: list[str] = []
         self.placer = Placer(self._rebuild_freelist(), device.block_size)
-        self._committer = GroupCommitter(keys, device.flush, self._after_commit)
+        self._committer = GroupCommitter(
+            keys, self.blocks.write_gathered, device.flush, self._after_commit
+        )
         # (namespace, name) -> (record, byte offset of its one block or -1, its crc, its size)
         self._cache: dict[tuple[str, str], tuple[Record, int, int, int]] = {}
         self._fd = device.fd
