@@ -354,3 +354,24 @@ def test_format_reserves_a_new_files_space_unless_sparse(tmp_path: Path) -> None
     ObjectStore.format(str(thin), size=8 << 20, sparse=True).close()
     assert os.stat(full).st_blocks * 512 >= 8 << 20
     assert os.stat(thin).st_blocks * 512 < 1 << 20
+
+
+@pytest.mark.parametrize("size", [100, 4096, 10_000])
+def test_cached_reads_still_verify_every_block(store: ObjectStore, size: int) -> None:
+    import os
+
+    from shoal.errors import IntegrityError
+
+    store.put(blob(size, size), name="v")
+    assert store.get("v") == blob(size, size)  # now cached, small ones on the one-pread path
+    block = store.stat("v").manifest.extents[0][0]
+    fd = os.open(store.device.path, os.O_RDWR)
+    try:
+        old = os.pread(fd, 1, block * 4096 + 7)
+        os.pwrite(fd, bytes([old[0] ^ 0xFF]), block * 4096 + 7)
+    finally:
+        os.close(fd)
+    with pytest.raises(IntegrityError, match="default/v"):
+        store.get("v")
+    with pytest.raises(IntegrityError):
+        store.get("v", offset=0, length=8)

@@ -338,8 +338,11 @@ class ObjectStore:
         self._committer = GroupCommitter(
             keys, self.blocks.write_gathered, device.flush, self._after_commit
         )
-        # (namespace, name) -> (record, byte offset of its one block or -1, its crc, its size)
-        self._cache: dict[tuple[str, str], tuple[Record, int, int, int]] = {}
+        # Recently used records. Objects of one stored block are also in `_small`, namespace ->
+        # name -> (byte offset << 64 | crc << 32 | size): one int, so that `get` of a small
+        # object is two dict lookups, a pread and a crc, with no further objects to chase.
+        self._cache: dict[tuple[str, str], Record] = {}
+        self._small: dict[str, dict[str, int]] = {}
         self._fd = device.fd
         self._cache_size = cache_size
         self._cache_gen = 0
@@ -432,28 +435,38 @@ class ObjectStore:
     def _after_commit(self, outcomes: list[Outcome]) -> None:
         with self._cache_lock:
             self._cache_gen += 1
-            cache = self._cache
             for o in outcomes:
-                k = (o.namespace, o.name)
                 if o.record is None:
-                    cache.pop(k, None)
+                    self._uncache(o.namespace, o.name)
                 else:
-                    cache[k] = self._entry(o.record)
+                    self._cache_put(o.record)
+            cache = self._cache
             while len(cache) > self._cache_size:
-                del cache[next(iter(cache))]
+                self._uncache(*next(iter(cache)))
 
-    def _entry(self, rec: Record) -> tuple[Record, int, int, int]:
-        """A cache entry; objects of one stored block keep its offset and crc at hand so that
-        `get` reads them with one pread and no further lookups."""
+    def _cache_put(self, rec: Record) -> None:
+        """(Under the cache lock.)"""
+        self._cache[(rec.namespace, rec.name)] = rec
         ext = rec.manifest.extents
+        small = self._small.setdefault(rec.namespace, {})
         if len(ext) == 1 and ext[0][1] == 1 and ext[0][0] != HOLE:
-            return rec, ext[0][0] * self.block_size, rec.manifest.crcs[0], rec.size
-        return rec, -1, 0, 0
+            small[rec.name] = (
+                (ext[0][0] * self.block_size) << 64 | rec.manifest.crcs[0] << 32 | rec.size
+            )
+        else:
+            small.pop(rec.name, None)
+
+    def _uncache(self, namespace: str, name: str) -> None:
+        """(Under the cache lock.)"""
+        self._cache.pop((namespace, name), None)
+        small = self._small.get(namespace)
+        if small is not None:
+            small.pop(name, None)
 
     def _record(self, namespace: str, name: str) -> Record:
-        entry = self._cache.get((namespace, name))
-        if entry is not None:
-            return entry[0]
+        rec = self._cache.get((namespace, name))
+        if rec is not None:
+            return rec
         gen = self._cache_gen
         rec = self.keys.get(namespace, name)
         if rec is None:
@@ -461,7 +474,7 @@ class ObjectStore:
             raise NotFound(f"{namespace}/{name} not found")
         with self._cache_lock:
             if gen == self._cache_gen and len(self._cache) < self._cache_size:
-                self._cache[(namespace, name)] = self._entry(rec)
+                self._cache_put(rec)
         return rec
 
     @property
@@ -659,11 +672,13 @@ class ObjectStore:
     ) -> memoryview:
         """The object's bytes (or `length` bytes from `offset`), checksum-verified."""
         if not offset and length is None:  # the hot path: a whole small object, cached
-            entry = self._cache.get((namespace, name))
-            if entry is not None and entry[1] >= 0:
-                b = _pread(self._fd, self.block_size, entry[1])
-                if _crc(b) == entry[2]:
-                    return memoryview(b) if entry[3] == len(b) else memoryview(b)[: entry[3]]
+            small = self._small.get(namespace)
+            v = small.get(name) if small is not None else None
+            if v is not None:
+                b = _pread(self._fd, self.block_size, v >> 64)
+                if _crc(b) == (v >> 32) & 0xFFFFFFFF:
+                    size = v & 0xFFFFFFFF
+                    return memoryview(b) if size == len(b) else memoryview(b)[:size]
         rec = self._record(namespace, name)
         for _ in range(4):
             try:
