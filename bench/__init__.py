@@ -1,0 +1,1 @@
+"""Benchmarks of shoal: `python -m bench.engine` measures the engine against the raw disk."""
