@@ -4,9 +4,10 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 DATA    ?= demo
-APT_TEST_PKGS := fio util-linux
+APT_TEST_PKGS := util-linux
+APT_BENCH_PKGS := fio
 
-.PHONY: install install-test up test lint unit integration faults bench clean
+.PHONY: install install-test install-bench up test lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -15,12 +16,15 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install -q -e .
 
+# Debian packages, installed only when missing (as root, or through sudo).
+APT := $(if $(filter 0,$(shell id -u)),,sudo )apt-get
+
 install-test: $(BIN)/python
-	@if ! command -v fio >/dev/null 2>&1 || ! command -v losetup >/dev/null 2>&1; then \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(APT_TEST_PKGS); \
-		else sudo apt-get update -qq && sudo apt-get install -y -qq $(APT_TEST_PKGS); fi; \
-	fi
+	@command -v losetup >/dev/null || ($(APT) update -qq && $(APT) install -y -qq $(APT_TEST_PKGS))
 	$(BIN)/pip install -q -e '.[test]'
+
+install-bench: install-bench
+	@command -v fio >/dev/null || ($(APT) update -qq && $(APT) install -y -qq $(APT_BENCH_PKGS))
 
 # shoal's main job, for now: one engine on a demo device file, used end to end.
 up: install
@@ -41,7 +45,7 @@ lint:
 test: install-test lint
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
-bench: install-test
+bench: install-bench
 	$(BIN)/python -m bench.engine
 
 clean:
