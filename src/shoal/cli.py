@@ -8,6 +8,7 @@ bad usage exits 2.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -16,10 +17,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from shoal import __version__
-from shoal.engine import ObjectStore, Record, check
+from shoal.engine import ObjectStore, ObjKey, Record, check
 from shoal.engine.objectstore import DEFAULT_NAMESPACE
 from shoal.errors import ShoalError
 
@@ -314,6 +315,153 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- object verbs over the native protocol ----------------------------------------------------
+
+
+def _run_async(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if args.verbose:
+        print(text, file=sys.stderr)
+
+
+def cmd_write(args: argparse.Namespace) -> int:
+    from shoal.client import AsyncClient
+
+    async def go() -> ObjKey:
+        async with AsyncClient(args.storage_daemon) as c:
+            if args.data_literal is not None:
+                return await c.put(args.pool, args.name, args.data_literal.encode())
+            if args.file in (None, "-"):
+                return await c.put(args.pool, args.name, sys.stdin.buffer.read())
+            with open(args.file, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                with progress(size, f"write {args.name}") as advance:
+                    return await c.put_file(args.pool, args.name, f, progress=advance)
+
+    t0 = time.perf_counter()
+    key = _run_async(go())
+    ms = (time.perf_counter() - t0) * 1e3
+    _say(args, f"wrote {args.pool}/{args.name}: {key.size} bytes in {ms:.1f} ms, {key}")
+    return 0
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    from shoal.client import AsyncClient
+
+    out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
+    t0 = time.perf_counter()
+    try:
+
+        async def go() -> int:
+            async with AsyncClient(args.storage_daemon) as c:
+                info = await c.stat(args.pool, args.name)
+                total = info.size - args.offset if args.length is None else args.length
+                got = 0
+                with progress(max(total, 0), f"read {args.name}") as advance:
+
+                    def sink(piece: memoryview) -> None:
+                        nonlocal got
+                        out.write(piece)
+                        got += len(piece)
+                        advance(len(piece))
+
+                    await c.get_to(
+                        args.pool, args.name, sink, offset=args.offset, length=args.length
+                    )
+                return got
+
+        got = _run_async(go())
+        out.flush()
+    finally:
+        if args.output:
+            out.close()
+    ms = (time.perf_counter() - t0) * 1e3
+    _say(args, f"read {args.pool}/{args.name}: {got} bytes in {ms:.1f} ms")
+    return 0
+
+
+def cmd_remote_stat(args: argparse.Namespace) -> int:
+    from shoal.client import AsyncClient
+
+    async def go() -> Any:
+        async with AsyncClient(args.storage_daemon) as c:
+            return await c.stat(args.pool, args.name)
+
+    info = _run_async(go())
+    fields = {
+        "pool": info.namespace,
+        "name": info.name,
+        "uuid": str(info.uuid),
+        "size": info.size,
+        "blake3": info.hash.hex() if info.hash else None,
+        "version": info.version,
+        "permanent": info.permanent,
+        "refs": [r.hex() for r in info.refs],
+        "modified": _iso(info.mtime),
+    }
+    if args.json:
+        print(json.dumps(fields))
+    else:
+        for k, v in fields.items():
+            print(f"{k:>10}: {v}")
+    return 0
+
+
+def cmd_remote_rm(args: argparse.Namespace) -> int:
+    from shoal.client import AsyncClient
+
+    async def go() -> None:
+        async with AsyncClient(args.storage_daemon) as c:
+            await c.delete(args.pool, args.name)
+
+    _run_async(go())
+    _say(args, f"removed {args.pool}/{args.name}")
+    return 0
+
+
+def cmd_remote_ls(args: argparse.Namespace) -> int:
+    from shoal.client import AsyncClient
+
+    async def go() -> None:
+        async with AsyncClient(args.storage_daemon) as c:
+            after: str | None = args.start_after
+            while after is not None:
+                page, after = await c.list(args.pool, args.prefix, start_after=after)
+                for info in page:
+                    if args.long:
+                        h = info.hash.hex()[:16] if info.hash else "-"
+                        print(f"{info.size:>14} {h:<16} v{info.version:<4} {info.name}")
+                    else:
+                        print(info.name)
+
+    _run_async(go())
+    return 0
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from shoal.daemon.main import DaemonConfig, run
+
+    return run(
+        DaemonConfig(
+            dir=args.dir,
+            device=args.device,
+            size=args.size,
+            listen=args.listen,
+            peer=args.peer_address,
+            http=args.http,
+            threads=args.threads,
+        )
+    )
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 
@@ -322,6 +470,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="say more")
     p.add_argument("--version", action="version", version=f"shoal {__version__}")
     top = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def remote(
+        name: str, fn: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
+        v = top.add_parser(name, help=help, description=help)
+        v.add_argument(
+            "--storage-daemon",
+            default=os.environ.get("SHOAL_DAEMON", "127.0.0.1:4148"),
+            metavar="HOST:PORT",
+            help="the daemon to talk to (default: $SHOAL_DAEMON or 127.0.0.1:4148)",
+        )
+        v.add_argument("--pool", default=DEFAULT_NAMESPACE, help="the pool (namespace)")
+        v.set_defaults(func=fn)
+        return v
+
+    v = remote("write", cmd_write, "store an object on a daemon")
+    v.add_argument("name", help="the object's name")
+    g = v.add_mutually_exclusive_group()
+    g.add_argument("--data-file", "-f", dest="file", help="read the data from FILE ('-': stdin)")
+    g.add_argument("--data-literal", help="the data itself, as text")
+    v = remote("read", cmd_read, "read an object (or a range of it) from a daemon")
+    v.add_argument("name")
+    v.add_argument("--offset", type=_nonneg, default=0)
+    v.add_argument("--length", type=_nonneg)
+    v.add_argument("-o", "--output", help="write to FILE instead of stdout")
+    v = remote("stat", cmd_remote_stat, "show an object's size, hash, version and references")
+    v.add_argument("name")
+    v.add_argument("--json", action="store_true")
+    v = remote("rm", cmd_remote_rm, "delete an object")
+    v.add_argument("name")
+    v = remote("ls", cmd_remote_ls, "list a pool's objects by name prefix")
+    v.add_argument("prefix", nargs="?", default="")
+    v.add_argument("--start-after", default="")
+    v.add_argument("-l", "--long", action="store_true")
+
+    for alias in ("daemon", "file-store"):
+        v = top.add_parser(alias, help="serve one disk" if alias == "daemon" else argparse.SUPPRESS)
+        v.add_argument("--dir", required=True, help="the daemon's folder (key store, data file)")
+        v.add_argument("--device", help="a formatted block device or file to hold the data")
+        v.add_argument("--size", type=parse_size, default=4 << 30, help="size of a new data file")
+        v.add_argument(
+            "--listen",
+            "--listen-address",
+            dest="listen",
+            default="127.0.0.1:4148",
+            metavar="HOST:PORT",
+            help="where clients connect (port 0: any free)",
+        )
+        v.add_argument("--peer-address", metavar="HOST:PORT", help="where other daemons connect")
+        v.add_argument(
+            "--http",
+            metavar="HOST:PORT",
+            help="read-only HTTP endpoint (default: the next port; 'off' for none)",
+        )
+        v.add_argument("--threads", type=int, default=16, help="engine threads")
+        v.set_defaults(func=cmd_daemon)
 
     disk = top.add_parser("disk", help="operate one disk's engine directly")
     verbs = disk.add_subparsers(dest="verb", required=True, metavar="VERB")

@@ -1,0 +1,184 @@
+"""One client connection to a daemon: many requests in flight, replies matched by request id.
+
+Frames out are written whole (a payload streams under the send lock, so frames never mix);
+frames in are decoded by the sans-IO FrameReader and routed to the waiting request. A reply
+payload is gathered in one buffer, or handed piece by piece to a `sink` (a GET streamed to a
+file never sits whole in memory). A broken connection fails every request in flight with
+ConnectionError; the pool above decides what to retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
+
+from shoal.proto.frames import (
+    FrameEnd,
+    FrameReader,
+    FrameStart,
+    Payload,
+    ProtocolError,
+    Status,
+    encode,
+    error_of,
+)
+
+Sink = Callable[[memoryview], None]
+
+
+class _Pending:
+    __slots__ = ("buf", "future", "meta", "sink", "status")
+
+    def __init__(self, future: asyncio.Future[tuple[dict[str, Any], bytearray]], sink: Sink | None):
+        self.future = future
+        self.sink = sink
+        self.meta: dict[str, Any] = {}
+        self.status = 0
+        self.buf = bytearray()
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.reader = FrameReader()
+        self.transport: asyncio.Transport | None = None
+        self.pending: dict[int, _Pending] = {}
+        self.send_lock = asyncio.Lock()
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.closed = False
+        self._next_id = 0
+
+    @classmethod
+    async def open(cls, host: str, port: int, timeout: float) -> Connection:
+        loop = asyncio.get_running_loop()
+        _, conn = await asyncio.wait_for(loop.create_connection(cls, host, port), timeout=timeout)
+        return conn
+
+    @property
+    def load(self) -> int:
+        return len(self.pending) + (1 if self.send_lock.locked() else 0)
+
+    # -- protocol callbacks ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.writable.set()
+        err = ConnectionError(f"connection to the daemon lost{f': {exc}' if exc else ''}")
+        for p in self.pending.values():
+            if not p.future.done():
+                p.future.set_exception(err)
+        self.pending.clear()
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.reader.feed(data)
+        except ProtocolError as exc:
+            self._fail(exc)
+            return
+        for ev in events:
+            if isinstance(ev, Payload):
+                p = self.pending.get(ev.request_id)
+                if p is not None:
+                    if p.sink is not None and p.status == Status.OK:
+                        p.sink(ev.data)
+                    else:
+                        p.buf += ev.data
+            elif isinstance(ev, FrameStart):
+                h = ev.header
+                if not h.response:
+                    self._fail(ProtocolError("the daemon sent a request"))
+                    return
+                if h.request_id == 0 and h.status != Status.OK:  # the daemon hung up on us
+                    self._fail(error_of(h.status, str(ev.meta.get("error", ""))))
+                    return
+                p = self.pending.get(h.request_id)
+                if p is not None:
+                    p.meta, p.status = ev.meta, h.status
+            elif isinstance(ev, FrameEnd):
+                p = self.pending.pop(ev.request_id, None)
+                if p is None or p.future.done():
+                    continue
+                if p.status != Status.OK:
+                    p.future.set_exception(error_of(p.status, str(p.meta.get("error", ""))))
+                else:
+                    p.future.set_result((p.meta, p.buf))
+
+    def _fail(self, exc: BaseException) -> None:
+        for p in self.pending.values():
+            if not p.future.done():
+                p.future.set_exception(exc)
+        self.pending.clear()
+        self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- requests ----------------------------------------------------------------------
+
+    def _register(self, sink: Sink | None) -> tuple[int, _Pending]:
+        if self.closed:
+            raise ConnectionError("connection to the daemon is closed")
+        self._next_id = self._next_id % 0xFFFFFFFF + 1
+        fut: asyncio.Future[tuple[dict[str, Any], bytearray]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        p = _Pending(fut, sink)
+        self.pending[self._next_id] = p
+        return self._next_id, p
+
+    async def request(
+        self,
+        op: int,
+        meta: dict[str, Any],
+        payload: bytes | bytearray | memoryview | None = None,
+        *,
+        sink: Sink | None = None,
+    ) -> tuple[dict[str, Any], bytearray]:
+        """Send one request; return the reply's meta and payload (empty if `sink` took it)."""
+        rid, p = self._register(sink)
+        size = len(payload) if payload is not None else 0
+        async with self.send_lock:
+            assert self.transport is not None
+            head = encode(op, rid, meta, size)
+            if size:
+                self.transport.writelines([head, payload])  # type: ignore[list-item]
+            else:
+                self.transport.write(head)
+            await self.writable.wait()
+        return await p.future
+
+    async def request_stream(
+        self, op: int, meta: dict[str, Any], size: int, chunks: AsyncIterator[bytes | memoryview]
+    ) -> tuple[dict[str, Any], bytearray]:
+        """Send a request whose `size`-byte payload comes from `chunks`."""
+        rid, p = self._register(None)
+        async with self.send_lock:
+            assert self.transport is not None
+            self.transport.write(encode(op, rid, meta, size))
+            sent = 0
+            async for chunk in chunks:
+                if self.closed or p.future.done():
+                    break
+                if sent + len(chunk) > size:
+                    self.close()
+                    raise ValueError(f"the source gave more than the announced {size} bytes")
+                self.transport.write(chunk)
+                sent += len(chunk)
+                await self.writable.wait()
+            if sent != size and not p.future.done():
+                # The source ran short: the frame cannot be finished, only abandoned.
+                self.close()
+                raise ValueError(f"the source gave {sent} of the announced {size} bytes")
+        return await p.future

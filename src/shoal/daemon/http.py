@@ -1,0 +1,123 @@
+"""The daemon's read-only HTTP endpoint: `GET|HEAD /<namespace>/<name>`, with Range.
+
+So that the HTTP gateway can redirect a read to the daemon that holds the bytes, as
+minikeyvalue redirects to its volume servers. A plain ASGI application (served by uvicorn with
+httptools inside the daemon's event loop); the engine calls run in the daemon's thread pool and
+large bodies stream in verified chunks.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import unquote
+
+from shoal.engine import Record
+from shoal.errors import IntegrityError, InvalidArgument, NotFound, ShoalError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+SMALL = 1 << 20
+PIECE = 4 << 20
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def parse_range(value: str, size: int) -> tuple[int, int] | None:
+    """(first, last) byte of a single `bytes=` range, or None to send the whole object.
+    Raises InvalidArgument when the range cannot be satisfied (416)."""
+    m = _RANGE.fullmatch(value.strip())
+    if not m:
+        return None  # multiple ranges or another unit: RFC 9110 lets us send it all
+    a, b = m.groups()
+    if not a and not b:
+        return None
+    if not a:  # the last b bytes
+        n = int(b)
+        if n == 0 or size == 0:
+            raise InvalidArgument("unsatisfiable range")
+        return max(0, size - n), size - 1
+    first = int(a)
+    last = min(int(b), size - 1) if b else size - 1
+    if first >= size or (b and int(b) < first):
+        raise InvalidArgument("unsatisfiable range")
+    return first, last
+
+
+def make_app(store: Any, run: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[None]]:
+    """The ASGI app over `store` (an ObjectStore), running engine calls with `run`."""
+
+    async def respond(
+        send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        method = scope["method"]
+        if method not in ("GET", "HEAD"):
+            await respond(send, 405, [(b"allow", b"GET, HEAD")], b"read-only endpoint\n")
+            return
+        path = unquote(scope.get("raw_path", b"").decode("latin-1").split("?")[0]) or scope["path"]
+        ns, _, name = path.lstrip("/").partition("/")
+        if not ns or not name:
+            await respond(send, 400, [], b"GET /<namespace>/<name>\n")
+            return
+        try:
+            rec: Record = await run(store.stat, name, namespace=ns)
+        except (NotFound, InvalidArgument):
+            await respond(send, 404, [], b"not found\n")
+            return
+        headers = [
+            (b"accept-ranges", b"bytes"),
+            (b"last-modified", formatdate(rec.mtime, usegmt=True).encode()),
+            (b"content-type", b"application/octet-stream"),
+        ]
+        if rec.hash is not None:
+            headers.append((b"etag", b'"' + rec.hash.hex().encode() + b'"'))
+        first, last, status = 0, rec.size - 1, 200
+        range_header = dict(scope["headers"]).get(b"range")
+        if range_header is not None:
+            try:
+                rng = parse_range(range_header.decode("latin-1"), rec.size)
+            except InvalidArgument:
+                hdr = (b"content-range", f"bytes */{rec.size}".encode())
+                await respond(send, 416, [hdr], b"range not satisfiable\n")
+                return
+            if rng is not None:
+                first, last, status = rng[0], rng[1], 206
+                cr = f"bytes {first}-{last}/{rec.size}".encode()
+                headers.append((b"content-range", cr))
+        length = last - first + 1
+        headers.append((b"content-length", str(length).encode()))
+        body_first: Any = b""
+        if method == "GET" and 0 < length <= SMALL:
+            try:
+                body_first = await run(
+                    store.get, rec.name, namespace=ns, offset=first, length=length
+                )
+            except IntegrityError:
+                await respond(send, 500, [], b"stored data failed its checksum\n")
+                return
+            except ShoalError:
+                await respond(send, 404, [], b"not found\n")
+                return
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        if method == "HEAD" or length <= SMALL:
+            await send({"type": "http.response.body", "body": bytes(body_first)})
+            return
+        chunks = store.iter_read(rec.name, namespace=ns, offset=first, length=length, chunk=PIECE)
+        nxt = functools.partial(next, chunks, None)
+        while (chunk := await run(nxt)) is not None:
+            await send({"type": "http.response.body", "body": bytes(chunk), "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app

@@ -1,0 +1,127 @@
+"""`shoal daemon` (alias `shoal file-store`): open one disk and serve it until told to stop.
+
+`--dir DIR` holds the key store (`DIR/keys.db`) and, unless `--device` names a block device
+or file, the data (`DIR/blocks`, created with `--size` on first start). A device given with
+`--device` must already be formatted (`shoal disk format DEV --keys DIR/keys.db`): a daemon
+never formats a disk it did not create. On start it prints one line per listener, e.g.
+`shoal daemon listening on 127.0.0.1:4148 (native), 127.0.0.1:4149 (peer),
+127.0.0.1:4150 (http)`, so that scripts and tests can use port 0 and learn the real ports.
+SIGTERM or SIGINT stop it cleanly: listeners close, in-flight requests finish, the store
+closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+
+from shoal.daemon.http import make_app
+from shoal.daemon.server import Daemon
+from shoal.engine import ObjectStore
+from shoal.errors import InvalidArgument
+
+log = logging.getLogger("shoal.daemon")
+
+DEFAULT_SIZE = 4 << 30
+
+
+@dataclass
+class DaemonConfig:
+    dir: str
+    device: str | None = None
+    size: int = DEFAULT_SIZE
+    listen: str = "127.0.0.1:4148"
+    peer: str | None = None
+    http: str | None = None
+    threads: int = 16
+
+
+def split_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise InvalidArgument(f"an address is HOST:PORT, not {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def open_store(cfg: DaemonConfig) -> ObjectStore:
+    os.makedirs(cfg.dir, exist_ok=True)
+    keys = os.path.join(cfg.dir, "keys.db")
+    device = cfg.device or os.path.join(cfg.dir, "blocks")
+    if cfg.device is None and not os.path.exists(device):
+        log.info("creating %s (%d bytes)", device, cfg.size)
+        return ObjectStore.format(device, keys, size=cfg.size)
+    return ObjectStore.open(device, keys)
+
+
+async def serve(cfg: DaemonConfig, ready: asyncio.Event | None = None) -> None:
+    store = await asyncio.to_thread(open_store, cfg)
+    daemon = Daemon(store, threads=cfg.threads)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    http_server = None
+    try:
+        lines = []
+        want_host, want_port = split_address(cfg.listen)
+        host, port = await daemon.start(want_host, want_port)
+        lines.append(f"{host}:{port} (native)")
+        if cfg.peer:
+            phost, pport = await daemon.start(*split_address(cfg.peer))
+            lines.append(f"{phost}:{pport} (peer)")
+        http_addr = cfg.http or f"{host}:{want_port + 1 if want_port else 0}"
+        if http_addr != "off":
+            http_server, (hhost, hport) = await _start_http(daemon, http_addr)
+            lines.append(f"{hhost}:{hport} (http)")
+        print("shoal daemon listening on " + ", ".join(lines), flush=True)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        if http_server is not None:
+            http_server.should_exit = True
+            with contextlib.suppress(Exception):
+                await http_server.shutdown()
+        await daemon.close()
+        store.close()
+
+
+async def _start_http(daemon: Daemon, address: str):  # type: ignore[no-untyped-def]
+    import uvicorn
+
+    host, port = split_address(address)
+    sock = socket.create_server((host, port), reuse_port=False, backlog=1024)
+    config = uvicorn.Config(
+        make_app(daemon.store, daemon.run),
+        http="httptools",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+    )
+    config.load()
+    server = uvicorn.Server(config)
+    server.lifespan = config.lifespan_class(config)
+    await server.startup(sockets=[sock])
+    name = sock.getsockname()
+    return server, (name[0], name[1])
+
+
+def run(cfg: DaemonConfig) -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        import uvloop
+
+        uvloop.run(serve(cfg))
+    except ImportError:
+        asyncio.run(serve(cfg))
+    return 0

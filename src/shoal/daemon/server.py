@@ -1,0 +1,448 @@
+"""The storage daemon's native-protocol server: one disk's ObjectStore on a TCP port.
+
+asyncio (uvloop) around the sans-IO FrameReader. The event loop only moves bytes and events:
+every engine call runs in a thread pool (the engine's pread/pwrite/fsync let go of the GIL),
+so one slow disk operation never stalls other clients. Many requests are in flight on one
+connection; each reply carries its request id.
+
+Payloads: a small PUT is gathered and stored with one `put` (so concurrent small PUTs share
+the engine's group commit); a large one streams to an engine writer in pieces of a few MiB
+while reading from the socket is paused, so it is never held whole. A GET streams verified
+chunks from the engine to the socket, each read once into memory and written from there. A
+checksum failure in the middle of a streamed GET closes the connection: the client sees a
+short payload, never a wrong byte.
+
+Bad input closes only the connection it came on: a frame that is not ours, an oversized
+frame, a payload cut short by a dropped connection (the half-written object is aborted:
+nothing is stored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar, cast
+
+from shoal.engine import ObjectStore, ObjectWriter, Record
+from shoal.errors import InvalidArgument, ShoalError
+from shoal.proto.frames import (
+    MAX_PAYLOAD,
+    FrameEnd,
+    FrameReader,
+    FrameStart,
+    Header,
+    Op,
+    Payload,
+    ProtocolError,
+    encode,
+    encode_error,
+)
+
+log = logging.getLogger("shoal.daemon")
+
+SMALL = 1 << 20  # payloads up to this are gathered whole
+PIECE = 4 << 20  # larger ones go to the engine in pieces of this size
+MAX_WRITE_AT = 64 << 20  # a write-at-offset is gathered whole: bounded
+MAX_INFLIGHT = 256  # requests per connection before reading pauses
+T = TypeVar("T")
+
+
+def record_meta(rec: Record) -> dict[str, Any]:
+    return {
+        "namespace": rec.namespace,
+        "name": rec.name,
+        "uuid": rec.uuid,
+        "size": rec.size,
+        "hash": rec.hash,
+        "version": rec.version,
+        "permanent": rec.permanent,
+        "refs": list(rec.refs),
+        "ctime": rec.ctime,
+        "mtime": rec.mtime,
+    }
+
+
+def _str(meta: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = meta.get(key, default)
+    if not isinstance(value, str):
+        raise InvalidArgument(f"request field {key!r} must be a string")
+    return value
+
+
+def _int(meta: dict[str, Any], key: str, default: int | None = None) -> int:
+    value = meta.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidArgument(f"request field {key!r} must be an integer >= 0")
+    return value
+
+
+def _opt_int(meta: dict[str, Any], key: str) -> int | None:
+    return None if meta.get(key) is None else _int(meta, key)
+
+
+def _refs(meta: dict[str, Any], key: str) -> list[bytes]:
+    value = meta.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(r, bytes) for r in value):
+        raise InvalidArgument(f"request field {key!r} must be a list of byte strings")
+    return value
+
+
+class Daemon:
+    """Serves `store`; `start` binds and returns the bound (host, port)."""
+
+    def __init__(self, store: ObjectStore, *, threads: int = 16, max_payload: int = MAX_PAYLOAD):
+        self.store = store
+        self.max_payload = max_payload
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="shoal-io")
+        self.connections: set[_Connection] = set()
+        self._servers: list[asyncio.Server] = []
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kw))
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _Connection(self), host, port, backlog=1024)
+        self._servers.append(server)
+        addr = server.sockets[0].getsockname()
+        return addr[0], addr[1]
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self.executor.shutdown(wait=True)
+
+    # -- requests without a payload --------------------------------------------------------
+
+    async def handle(self, op: int, meta: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        """(reply meta, reply payload or None) of a request that carries no payload."""
+        store = self.store
+        if op == Op.PING:
+            return {"pong": True}, None
+        ns = _str(meta, "namespace", "default")
+        if op == Op.LIST:
+            prefix, after = _str(meta, "prefix", ""), _str(meta, "start_after", "")
+            limit = min(_int(meta, "limit", 1000), 10000)
+            recs = await self.run(store.list, ns, prefix, start_after=after, limit=limit)
+            items = [record_meta(r) for r in recs]
+            return {"items": items, "next": recs[-1].name if len(recs) == limit else None}, None
+        name = _str(meta, "name")
+        if op == Op.STAT:
+            return record_meta(await self.run(store.stat, name, namespace=ns)), None
+        if op == Op.DELETE:
+            rec = await self.run(
+                store.delete,
+                name,
+                namespace=ns,
+                zero=bool(meta.get("zero")),
+                discard=bool(meta.get("discard")),
+            )
+            return {"version": rec.version}, None
+        if op == Op.REFS:
+            add, remove = _refs(meta, "add"), _refs(meta, "remove")
+            refs: tuple[bytes, ...] = ()
+            if add:
+                refs = await self.run(store.add_refs, name, add, namespace=ns)
+            if remove:
+                refs = await self.run(store.remove_refs, name, remove, namespace=ns)
+            return {"refs": list(refs)}, None
+        raise InvalidArgument(f"unknown operation {op}")
+
+    async def get_meta(self, meta: dict[str, Any]) -> tuple[Record, int, int]:
+        ns, name = _str(meta, "namespace", "default"), _str(meta, "name")
+        rec = await self.run(self.store.stat, name, namespace=ns)
+        offset, length = _int(meta, "offset", 0), _opt_int(meta, "length")
+        if offset > rec.size:
+            raise InvalidArgument(f"offset {offset} is beyond the end of {ns}/{name} ({rec.size})")
+        avail = rec.size - offset
+        return rec, offset, avail if length is None else min(length, avail)
+
+
+class _Upload:
+    """The payload of one PUT or WRITE_AT, as it arrives."""
+
+    def __init__(self, conn: _Connection, header: Header, meta: dict[str, Any]) -> None:
+        self.conn = conn
+        self.header = header
+        self.meta = meta
+        self.size = header.payload_len
+        self.error: BaseException | None = None
+        self.buf = bytearray()
+        self.writer: ObjectWriter | None = None
+        self.pieces: list[bytearray] = []  # full pieces waiting for the engine
+        self.pump: asyncio.Task[None] | None = None
+        self.streaming = header.op == Op.PUT and self.size > SMALL
+        try:
+            self.namespace = _str(meta, "namespace", "default")
+            self.name = _str(meta, "name") if header.op == Op.WRITE_AT else meta.get("name")
+            if self.name is not None and not isinstance(self.name, str):
+                raise InvalidArgument("request field 'name' must be a string")
+            if header.op == Op.WRITE_AT:
+                self.offset = _int(meta, "offset")
+                if self.size > MAX_WRITE_AT:
+                    raise InvalidArgument(
+                        f"a write-at-offset carries at most {MAX_WRITE_AT} bytes, not {self.size}"
+                    )
+            self.refs = _refs(meta, "refs")
+        except ShoalError as exc:
+            self.error = exc
+
+    def add(self, data: memoryview) -> None:
+        if self.error is not None:
+            return  # the rest of a refused payload is read and dropped
+        self.buf += data
+        if self.streaming and len(self.buf) >= PIECE:
+            self.pieces.append(self.buf)
+            self.buf = bytearray()
+            if self.pump is None or self.pump.done():
+                self.pump = asyncio.ensure_future(self._pump())
+            if len(self.pieces) >= 2:
+                self.conn.pause_reading("upload")
+
+    async def _pump(self) -> None:
+        daemon = self.conn.daemon
+        try:
+            if self.writer is None:
+                self.writer = await daemon.run(
+                    daemon.store.writer,
+                    self.namespace,
+                    self.name,
+                    size=self.size,
+                    refs=self.refs,
+                    permanent=bool(self.meta.get("permanent")),
+                )
+            while self.pieces:
+                piece = self.pieces.pop(0)
+                if self.error is None:
+                    await daemon.run(self.writer.write, piece)
+                self.conn.resume_reading("upload")
+        except ShoalError as exc:
+            self.error = exc
+            self.pieces.clear()
+            self.conn.resume_reading("upload")
+
+    async def finish(self) -> tuple[dict[str, Any], None]:
+        daemon, store = self.conn.daemon, self.conn.daemon.store
+        if self.pump is not None:
+            await self.pump
+        if self.error is None and self.streaming:
+            self.pieces.append(self.buf)
+            self.buf = bytearray()
+            await self._pump()
+        if self.error is not None:
+            await self.abort()
+            raise self.error
+        if self.header.op == Op.WRITE_AT:
+            assert isinstance(self.name, str)
+            key = await daemon.run(
+                store.write_at, self.name, self.offset, self.buf, namespace=self.namespace
+            )
+        elif self.writer is not None:
+            writer, self.writer = self.writer, None
+            key = await daemon.run(writer.commit)
+        else:
+            key = await daemon.run(
+                store.put,
+                self.buf,
+                namespace=self.namespace,
+                name=self.name,
+                refs=self.refs,
+                permanent=bool(self.meta.get("permanent")),
+            )
+        return {"uuid": key.uuid.bytes, "hash": key.hash, "size": key.size}, None
+
+    async def abort(self) -> None:
+        if self.pump is not None and not self.pump.done():
+            self.error = self.error or ConnectionError("connection lost")
+            with contextlib.suppress(BaseException):
+                await self.pump
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            await self.conn.daemon.run(writer.abort)
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.reader = FrameReader(max_payload=daemon.max_payload)
+        self.transport: asyncio.Transport | None = None
+        self.upload: _Upload | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.send_lock = asyncio.Lock()
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.paused: set[str] = set()
+        self.closed = False
+
+    # -- transport callbacks ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.daemon.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.writable.set()
+        self.daemon.connections.discard(self)
+        if self.upload is not None:  # a payload cut short: store nothing
+            upload, self.upload = self.upload, None
+            self._spawn(upload.abort())
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.reader.feed(data)
+        except ProtocolError as exc:
+            log.warning("closing connection from %s: %s", self._peer(), exc)
+            self._send_now(encode_error(Op.PING, 0, exc))
+            self.close()
+            return
+        for ev in events:
+            if isinstance(ev, Payload):
+                if self.upload is not None:
+                    self.upload.add(ev.data)
+            elif isinstance(ev, FrameStart):
+                self._start(ev)
+            elif isinstance(ev, FrameEnd) and self.upload is not None:
+                upload, self.upload = self.upload, None
+                self._spawn(self._reply(upload.header, upload.finish()))
+
+    def _start(self, ev: FrameStart) -> None:
+        h = ev.header
+        if h.response or (h.payload_len and h.op not in (Op.PUT, Op.WRITE_AT)):
+            exc = ProtocolError(f"unexpected {'response' if h.response else 'payload'} frame")
+            self._send_now(encode_error(h.op, h.request_id, exc))
+            self.close()
+            return
+        if h.op in (Op.PUT, Op.WRITE_AT):
+            self.upload = _Upload(self, h, ev.meta)
+        elif h.op == Op.GET:
+            self._spawn(self._get(h, ev.meta))
+        else:
+            self._spawn(self._reply(h, self.daemon.handle(h.op, ev.meta)))
+
+    # -- replies ---------------------------------------------------------------------------
+
+    async def _reply(self, h: Header, work: Any) -> None:
+        try:
+            meta, payload = await work
+        except ShoalError as exc:
+            await self._send(encode_error(h.op, h.request_id, exc))
+            return
+        except Exception as exc:  # a bug, or the OS: the client still gets an answer
+            log.exception("request with op %s failed", h.op)
+            await self._send(encode_error(h.op, h.request_id, exc))
+            return
+        size = len(payload) if payload is not None else 0
+        head = encode(h.op, h.request_id, meta, size, response=True)
+        await self._send(head, payload)
+
+    async def _get(self, h: Header, meta: dict[str, Any]) -> None:
+        daemon = self.daemon
+        try:
+            rec, offset, length = await daemon.get_meta(meta)
+            if length <= SMALL:
+                data = await daemon.run(
+                    daemon.store.get, rec.name, namespace=rec.namespace, offset=offset,
+                    length=length,
+                )  # fmt: skip
+                if len(data) != length:  # the object changed between stat and get
+                    rec = await daemon.run(daemon.store.stat, rec.name, namespace=rec.namespace)
+                reply = record_meta(rec)
+                await self._send(encode(h.op, h.request_id, reply, len(data), response=True), data)
+                return
+        except ShoalError as exc:
+            await self._send(encode_error(h.op, h.request_id, exc))
+            return
+        await self._stream(h, rec, offset, length)
+
+    async def _stream(self, h: Header, rec: Record, offset: int, length: int) -> None:
+        daemon = self.daemon
+        chunks: Iterator[memoryview] = daemon.store.iter_read(
+            rec.name, namespace=rec.namespace, offset=offset, length=length, chunk=PIECE
+        )
+        nxt = functools.partial(next, chunks, None)
+        async with self.send_lock:
+            try:
+                chunk = await daemon.run(nxt)
+            except ShoalError as exc:
+                self._send_now(encode_error(h.op, h.request_id, exc))
+                return
+            self._send_now(encode(h.op, h.request_id, record_meta(rec), length, response=True))
+            sent = 0
+            while chunk is not None and not self.closed:
+                ahead = asyncio.ensure_future(daemon.run(nxt))  # read the next while sending
+                self._send_now(chunk)
+                sent += len(chunk)
+                await self.writable.wait()
+                try:
+                    chunk = await ahead
+                except ShoalError as exc:
+                    log.error("closing connection mid-GET of %s: %s", rec.name, exc)
+                    self.close()
+                    return
+            if sent != length and not self.closed:
+                self.close()  # the object shrank under us: a short payload, never a wrong one
+
+    async def _send(self, head: bytes, payload: Any = None) -> None:
+        async with self.send_lock:
+            self._send_now(head, payload)
+            await self.writable.wait()
+
+    def _send_now(self, head: bytes | memoryview, payload: Any = None) -> None:
+        if self.transport is None or self.closed:
+            return
+        if payload is not None and len(payload):
+            self.transport.writelines([head, payload])
+        else:
+            self.transport.write(head)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+        if len(self.tasks) >= MAX_INFLIGHT:
+            self.pause_reading("inflight")
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if len(self.tasks) < MAX_INFLIGHT // 2:
+            self.resume_reading("inflight")
+        if not task.cancelled() and task.exception() is not None:
+            log.error("connection task failed", exc_info=task.exception())
+
+    def pause_reading(self, why: str) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.paused.add(why)
+
+    def resume_reading(self, why: str) -> None:
+        if why in self.paused:
+            self.paused.discard(why)
+            if not self.paused and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+        self.closed = True
+
+    def _peer(self) -> str:
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        return f"{peer[0]}:{peer[1]}" if peer else "?"
