@@ -22,6 +22,7 @@ refuses writes until it is reopened.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -84,12 +85,36 @@ class CommitStats:
     flushes: int = 0
 
 
-def _fail(batch: list[_Ticket], exc: BaseException) -> None:
-    """Nothing of the batch is committed: every ticket gets an error (its own instance)."""
+class _CommitUnknown(StoreFailed):
+    """The key store's COMMIT failed: whether it reached the disk is unknown."""
+
+
+def committed(exc: BaseException) -> bool | None:
+    """For an exception from `GroupCommitter.submit`: is the change committed?"""
+    state: bool | None = getattr(exc, "shoal_committed", False)
+    return state
+
+
+def _acquire(lock: threading.Lock) -> BaseException | None:
+    """Take `lock` even if interrupted (Ctrl-C): the commit protocol must run to its end.
+    Returns the first interrupt, to be raised once it has."""
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            lock.acquire()
+            return interrupted
+        except BaseException as exc:
+            interrupted = interrupted or exc
+
+
+def _fail(batch: list[_Ticket], exc: BaseException, state: bool | None) -> None:
+    """Nothing of the batch is committed (`state` False), or maybe it is (None): every
+    ticket without an error of its own gets one (its own instance)."""
     for t in batch:
         t.outcome = None
         if t.error is None:
             t.error = type(exc)(str(exc)) if isinstance(exc, ShoalError) else exc
+            t.error.shoal_committed = state  # type: ignore[attr-defined]
 
 
 class GroupCommitter:
@@ -112,26 +137,33 @@ class GroupCommitter:
         self.stats = CommitStats()
 
     def submit(self, change: Change) -> Outcome:
+        """Commit `change` in the next group. An exception raised from here says in
+        `committed(exc)` whether the change is committed all the same (True: an interrupt
+        that arrived after it was), is not (False), or is unknown (None: a failed key store
+        commit; then the blocks it wrote must stay allocated until the store is reopened)."""
         ticket = _Ticket(change)
         with self._mutex:
             self._queue.append(ticket)
             lead = not self._leading
             self._leading = True
-        if not lead:
-            ticket.wake.acquire()
+        interrupted = None if lead else _acquire(ticket.wake)
         if not ticket.done:  # leading
             with self._mutex:
                 batch, self._queue = self._queue, []
-            self._lead(batch)
+            interrupted = self._lead(batch) or interrupted
+        if interrupted is not None:
+            interrupted.shoal_committed = ticket.error is None  # type: ignore[attr-defined]
+            raise interrupted
         if ticket.error is not None:
             raise ticket.error
         assert ticket.outcome is not None
         return ticket.outcome
 
-    def _lead(self, batch: list[_Ticket]) -> None:
+    def _lead(self, batch: list[_Ticket]) -> BaseException | None:
         """Write and flush the batch, then pass the lead on and commit: the next group's
         data flush overlaps this group's KeyStore commit. Commits stay in group order: the
-        commit lock is taken before the lead is passed."""
+        commit lock is taken before the lead is passed. The protocol always runs to its end
+        (every ticket done, the lead passed on); an interrupt meanwhile is returned."""
         written = False
         try:
             if self.failed is not None:
@@ -139,27 +171,33 @@ class GroupCommitter:
             self._write_data(batch)
             written = True
         except BaseException as exc:
-            _fail(batch, exc)
-        self._commit_lock.acquire()
+            _fail(batch, exc, False)
+        interrupted = _acquire(self._commit_lock)
         with self._mutex:
             if self._queue:
                 self._queue[0].wake.release()
             else:
                 self._leading = False
+        committed = False
         try:
             if written:
                 self._apply([t for t in batch if t.error is None])
+                committed = True
                 self.stats.groups += 1
                 self.stats.changes += len(batch)
                 self._after([t.outcome for t in batch if t.outcome is not None])
         except BaseException as exc:
-            _fail(batch, exc)
+            if committed:  # the outcomes stand; only the interrupt is left to report
+                interrupted = interrupted or exc
+            else:
+                _fail(batch, exc, None if isinstance(exc, _CommitUnknown) else False)
         finally:
             self._commit_lock.release()
             for t in batch:
                 t.done = True
             for t in batch[1:]:  # the first is the leader itself, awake already
                 t.wake.release()
+        return interrupted
 
     def _write_data(self, batch: list[_Ticket]) -> None:
         flush = False
@@ -179,7 +217,7 @@ class GroupCommitter:
             try:
                 self._write(pieces)
             except (OSError, ShoalError) as exc:
-                _fail(owners, exc)
+                _fail(owners, exc, False)
         if flush:
             try:
                 self._flush()
@@ -207,9 +245,18 @@ class GroupCommitter:
                 [r for k in touched if (r := state[k]) is not None],
                 [k for k in touched if state[k] is None],
             )
-            keys.commit()
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             keys.rollback()
-            if "full" in str(exc):
-                raise NoSpace(f"the key store {keys.path} is full: {exc}") from exc
-            raise StoreFailed(f"the key store {keys.path} failed: {exc}") from exc
+            if isinstance(exc, sqlite3.Error):
+                if "full" in str(exc):
+                    raise NoSpace(f"the key store {keys.path} is full: {exc}") from exc
+                raise StoreFailed(f"the key store {keys.path} failed: {exc}") from exc
+            raise
+        try:
+            keys.commit()
+        except BaseException as exc:
+            # The WAL may hold the commit or not: stop, and let reopening tell.
+            self.failed = f"a key store commit failed ({exc}); reopen the store"
+            with contextlib.suppress(Exception):
+                keys.rollback()
+            raise _CommitUnknown(self.failed) from exc

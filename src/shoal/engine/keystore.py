@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid as uuidlib
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
@@ -141,12 +142,21 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+class _Reader:
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+
 class KeyStore:
     def __init__(self, path: str, conn: sqlite3.Connection) -> None:
         self.path = path
         self._w = conn
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        # Each thread's read connection, held through a holder so that a thread's ending
+        # frees it (sqlite3 connections take no weak references).
+        self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
         self._readers_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -171,12 +181,15 @@ class KeyStore:
 
     @classmethod
     def open(cls, path: str, device_uuid: bytes) -> KeyStore:
-        if not os.path.exists(path):
-            raise FormatError(f"key store {path} does not exist")
-        conn = _connect(path)
+        if not os.path.isfile(path):
+            raise FormatError(f"key store {path} does not exist (or is not a file)")
+        try:
+            conn = _connect(path)
+        except sqlite3.Error as exc:
+            raise FormatError(f"{path} is not a shoal key store ({exc})") from None
         try:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             conn.close()
             raise FormatError(f"{path} is not a shoal key store ({exc})") from None
         if meta.get("schema_version") != SCHEMA_VERSION:
@@ -197,20 +210,20 @@ class KeyStore:
 
     def close(self) -> None:
         with self._readers_lock:
-            for c in self._readers:
-                c.close()
-            self._readers.clear()
+            for holder in list(self._readers):
+                holder.conn.close()
         self._w.close()
 
     def _reader(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+        holder: _Reader | None = getattr(self._local, "reader", None)
+        if holder is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA query_only=1")
-            self._local.conn = conn
+            conn.execute("PRAGMA cache_size=-16384")
+            holder = self._local.reader = _Reader(conn)
             with self._readers_lock:
-                self._readers.append(conn)
-        return conn
+                self._readers.add(holder)
+        return holder.conn
 
     # -- reads (any thread) ----------------------------------------------------------------
 

@@ -27,11 +27,12 @@ from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from types import TracebackType
+from typing import ClassVar
 
 import crc32c
 
 from shoal.engine.blockstore import BlockStore, while_writing
-from shoal.engine.commit import GroupCommitter, Outcome, Piece
+from shoal.engine.commit import GroupCommitter, Outcome, Piece, committed
 from shoal.engine.device import BlockDevice
 from shoal.engine.freelist import Extent, FreeList
 from shoal.engine.keys import Hasher, KeyGen, ObjKey
@@ -43,12 +44,15 @@ from shoal.errors import (
     Forbidden,
     IntegrityError,
     InvalidArgument,
+    NoSpace,
     NotFound,
+    StoreFailed,
 )
 
 DEFAULT_NAMESPACE = "default"
 _CACHE_SIZE = 65536
 _LOCK_STRIPES = 256
+MAX_OBJECT_SIZE = 1 << 36  # 64 GiB: one object's manifest stays a few MiB at most
 _LEADER_WRITES = 64 << 10  # puts up to this size hand their data to the group commit leader
 _GROW_MIN, _GROW_MAX = 256, 16384  # blocks reserved at a time by a writer of unknown size
 
@@ -109,10 +113,14 @@ class _Put:
 
 @dataclass(slots=True)
 class _WriteAt:
+    """A patch of blocks [lo, hi) of the object `expect` (uuid, version) as it was read; if
+    the object is not that one any more (changed, or deleted and made anew) it is refused."""
+
     record: Record
     lo: int
     hi: int
-    expect_version: int | None
+    expect: tuple[bytes, int] | None
+    extents: list[Extent]
     writes_data = True
 
     def prepare(self) -> list[Piece]:
@@ -128,7 +136,7 @@ class _WriteAt:
 
     def apply(self, cur: Record | None) -> Outcome:
         rec = self.record
-        if (cur.version if cur else None) != self.expect_version:
+        if ((cur.uuid, cur.version) if cur else None) != self.expect:
             raise Conflict(f"{rec.namespace}/{rec.name} changed during write-at-offset")
         freed: list[Extent] = []
         if cur is not None:
@@ -142,6 +150,7 @@ class _Delete:
     namespace: str
     name: str
     writes_data = False
+    extents: ClassVar[list[Extent]] = []
 
     def prepare(self) -> list[Piece]:
         return []
@@ -161,6 +170,7 @@ class _Refs:
     add: tuple[bytes, ...]
     remove: tuple[bytes, ...]
     writes_data = False
+    extents: ClassVar[list[Extent]] = []
 
     def prepare(self) -> list[Piece]:
         return []
@@ -217,6 +227,9 @@ class ObjectWriter:
         self._hasher = Hasher()
         self._size = 0
         self._closed = False
+        self._broken = False  # a write failed part-way: the object cannot be finished
+        if size is not None and size > MAX_OBJECT_SIZE:
+            raise InvalidArgument(f"{size} bytes is over the largest object, {MAX_OBJECT_SIZE}")
         if size:
             self._reserve(-(-size // self._bs))
 
@@ -235,14 +248,20 @@ class ObjectWriter:
         self._reserved += nblocks
 
     def write(self, data: Data) -> None:
-        if self._closed:
-            raise InvalidArgument("write to a closed writer")
+        if self._closed or self._broken:
+            raise InvalidArgument("write to a closed or failed writer")
         mv = memoryview(data).cast("B")
+        if self._size + len(mv) > MAX_OBJECT_SIZE:
+            raise InvalidArgument(f"an object is at most {MAX_OBJECT_SIZE} bytes")
         if self._expected is not None and self._size + len(mv) > self._expected:
             raise InvalidArgument(
                 f"{self.namespace}/{self.name}: more data than the announced {self._expected} bytes"
             )
-        while_writing(len(mv), lambda: self._hasher.update(mv), lambda: self._write(mv))
+        try:
+            while_writing(len(mv), lambda: self._hasher.update(mv), lambda: self._write(mv))
+        except BaseException:
+            self._broken = True  # the hash and the tail have taken part of it
+            raise
         self._size += len(mv)
 
     def _write(self, mv: memoryview) -> None:
@@ -265,7 +284,10 @@ class ObjectWriter:
         n = len(blocks) // self._bs
         short = self._written + n - self._reserved
         if short > 0:
-            self._reserve(max(short, min(max(self._reserved, _GROW_MIN), _GROW_MAX)))
+            try:
+                self._reserve(max(short, min(max(self._reserved, _GROW_MIN), _GROW_MAX)))
+            except NoSpace:
+                self._reserve(short)  # the generous step did not fit; the exact need may
         written = self._written
         crcs = while_writing(
             len(blocks),
@@ -278,6 +300,9 @@ class ObjectWriter:
     def commit(self) -> ObjKey:
         if self._closed:
             raise InvalidArgument("commit of a closed writer")
+        if self._broken:
+            self.abort()
+            raise InvalidArgument(f"{self.namespace}/{self.name}: a write failed; nothing stored")
         try:
             if self._expected is not None and self._size != self._expected:
                 raise InvalidArgument(
@@ -295,11 +320,12 @@ class ObjectWriter:
                 self.namespace, self.name, self._uuid.bytes, self._size, key.hash, 1,
                 self._flags, self._refs, manifest, now, now,
             )  # fmt: skip
-            self._store._commit(_Put(rec))
         except BaseException:
             self.abort()
             raise
-        self._closed = True
+        change = _Put(rec, None, self._extents)
+        self._closed, self._extents = True, []  # the blocks are the commit's now
+        self._store._commit(change)
         return key
 
     def _give_back_unused(self) -> None:
@@ -427,7 +453,15 @@ class ObjectStore:
     # -- commit plumbing -------------------------------------------------------------------
 
     def _commit(self, change: _Put | _WriteAt | _Delete | _Refs) -> Outcome:
-        out = self._committer.submit(change)
+        """Commit `change`. If it is surely not committed, the blocks it was given go back to
+        the FreeList; if it is (or may be) they stay: a block leaked until the next open is
+        harmless, a block freed under a live manifest is not."""
+        try:
+            out = self._committer.submit(change)
+        except BaseException as exc:
+            if committed(exc) is False:
+                self.placer.release(change.extents)
+            raise
         if not isinstance(change, _Delete):  # a delete frees after its optional zeroing
             self.placer.release(out.freed)
         return out
@@ -507,6 +541,8 @@ class ObjectStore:
         """Store `data` as a new object; a name that exists is replaced. Returns its ObjKey
         (an unnamed object is named by its uuid)."""
         mv = memoryview(data).cast("B")
+        if len(mv) > MAX_OBJECT_SIZE:
+            raise InvalidArgument(f"an object is at most {MAX_OBJECT_SIZE} bytes")
         uid = KeyGen.uuid()
         name = name if name is not None else str(uid)
         check_name(namespace, name)
@@ -519,19 +555,19 @@ class ObjectStore:
             change = _Put(rec, (self, mv))
         else:
             change = _Put(rec, None, self.placer.place(-(-len(mv) // self.block_size)))
-        try:
-            if change.small is None:
+        if change.small is None:
+            try:
                 crcs, digest = while_writing(
                     len(mv),
                     lambda: (block_crcs(mv, self.block_size), KeyGen.hash(mv)),
                     lambda: self.blocks.write_extents(change.extents, mv),
                 )
-                manifest = Manifest(tuple(change.extents), crcs)
-                change.record = replace(rec, hash=digest, manifest=manifest)
-            self._commit(change)
-        except BaseException:
-            self.placer.release(change.extents)
-            raise
+            except BaseException:
+                self.placer.release(change.extents)
+                raise
+            manifest = Manifest(tuple(change.extents), crcs)
+            change.record = replace(rec, hash=digest, manifest=manifest)
+        self._commit(change)
         return change.record.key
 
     def write_at(
@@ -558,37 +594,51 @@ class ObjectStore:
                 return self.put(b"", namespace=namespace, name=name)
         bs = self.block_size
         end = offset + len(mv)
+        if end > MAX_OBJECT_SIZE:
+            raise InvalidArgument(f"an object is at most {MAX_OBJECT_SIZE} bytes, not {end}")
         lo, hi = offset // bs, -(-end // bs)
         with self._obj_locks[hash((namespace, name)) % _LOCK_STRIPES]:
-            for _ in range(8):
+            for _ in range(32):
                 cur = self.keys.get(namespace, name)
                 if cur is None and not create:
                     raise NotFound(f"{namespace}/{name} not found")
                 if cur is not None and cur.permanent:
                     raise Forbidden(f"{namespace}/{name} is permanent: it cannot be changed")
                 old = cur.manifest if cur is not None else Manifest.empty()
-                buf = self._patched_blocks(cur, old, lo, hi, offset, mv)
+                try:
+                    buf = self._patched_blocks(cur, old, lo, hi, offset, mv)
+                except IntegrityError:
+                    # Unless the object is unchanged, its old blocks were reused under us.
+                    fresh = self.keys.get(namespace, name)
+                    if (
+                        cur is not None
+                        and fresh is not None
+                        and (fresh.uuid, fresh.version) == (cur.uuid, cur.version)
+                    ):
+                        raise
+                    continue
                 extents = self.placer.place(hi - lo)
                 try:
                     crcs = self.blocks.write(extents, buf)
-                    manifest = old.splice(lo, hi, extents, crcs)
-                    size = max(cur.size if cur else 0, end)
-                    if cur is not None:
-                        rec = cur.changed(size=size, hash=None, manifest=manifest)
-                    else:
-                        now = time.time()
-                        rec = Record(
-                            namespace, name, KeyGen.uuid().bytes, size, None, 1, 0, (),
-                            manifest, now, now,
-                        )  # fmt: skip
-                    self._commit(_WriteAt(rec, lo, hi, cur.version if cur else None))
-                    return rec.key
-                except Conflict:
-                    self.placer.release(extents)
-                    continue
                 except BaseException:
                     self.placer.release(extents)
                     raise
+                manifest = old.splice(lo, hi, extents, crcs)
+                size = max(cur.size if cur else 0, end)
+                if cur is not None:
+                    rec = cur.changed(size=size, hash=None, manifest=manifest)
+                else:
+                    now = time.time()
+                    rec = Record(
+                        namespace, name, KeyGen.uuid().bytes, size, None, 1, 0, (),
+                        manifest, now, now,
+                    )  # fmt: skip
+                expect = (cur.uuid, cur.version) if cur is not None else None
+                try:  # _commit gives the blocks back if this is refused
+                    self._commit(_WriteAt(rec, lo, hi, expect, extents))
+                except Conflict:
+                    continue
+                return rec.key
             raise Conflict(f"{namespace}/{name} kept changing during write-at-offset")
 
     def _patched_blocks(
@@ -623,8 +673,11 @@ class ObjectStore:
         out = self._commit(_Delete(namespace, name))
         try:
             self.blocks.release_blocks(out.freed, zero=zero, discard=discard)
-        finally:
-            self.placer.release(out.freed)
+        except OSError as exc:
+            # The blocks stay allocated (until reopen); a failed flush stops all writing.
+            self._committer.failed = f"zeroing freed blocks failed ({exc}); reopen the store"
+            raise StoreFailed(self._committer.failed) from exc
+        self.placer.release(out.freed)
         assert out.previous is not None
         return out.previous
 
