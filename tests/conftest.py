@@ -33,18 +33,25 @@ class DaemonProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         return self.proc.returncode
+
+    def remove_data(self) -> None:
+        """Give the data file's space back (pytest keeps recent temporary folders)."""
+        (self.dir / "blocks").unlink(missing_ok=True)
 
 
 def start_daemon(directory: Path, *extra: str, size: str = "512M") -> DaemonProcess:
     """Start `shoal daemon` on port 0 and wait for its listening line."""
     directory.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [*SHOAL, "daemon", "--dir", str(directory), "--size", size, "--listen", "127.0.0.1:0",
-         "--http", "127.0.0.1:0", *extra],
-        stdout=subprocess.PIPE,
-        stderr=open(directory / "daemon.log", "ab"),  # noqa: SIM115
-    )  # fmt: skip
+    with open(directory / "daemon.log", "ab") as log:
+        proc = subprocess.Popen(
+            [*SHOAL, "daemon", "--dir", str(directory), "--size", size, "--listen", "127.0.0.1:0",
+             "--http", "127.0.0.1:0", *extra],
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )  # fmt: skip
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
     line = b""
@@ -60,8 +67,10 @@ def start_daemon(directory: Path, *extra: str, size: str = "512M") -> DaemonProc
     m = re.search(rb"listening on (\S+) \(native\).*?(\S+) \(http\)", line)
     if not m:
         proc.kill()
-        log = (directory / "daemon.log").read_text(errors="replace")
-        raise RuntimeError(f"daemon did not start: {line!r}\n{log}")
+        proc.wait()
+        proc.stdout.close()
+        text = (directory / "daemon.log").read_text(errors="replace")
+        raise RuntimeError(f"daemon did not start: {line!r}\n{text}")
     return DaemonProcess(proc, directory, m.group(1).decode(), m.group(2).decode())
 
 
@@ -70,3 +79,4 @@ def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
     d = start_daemon(tmp_path / "daemon")
     yield d
     assert d.stop() == 0, "the daemon should stop cleanly on SIGTERM"
+    d.remove_data()

@@ -66,6 +66,7 @@ def progress(total: int | None, what: str) -> Iterator[Callable[[int], None]]:
     if not sys.stderr.isatty():
         yield lambda n: None
         return
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -80,6 +81,7 @@ def progress(total: int | None, what: str) -> Iterator[Callable[[int], None]]:
         DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
+        console=Console(stderr=True),
         transient=True,
     )
     task = bar.add_task(what, total=total)
@@ -356,15 +358,15 @@ def cmd_write(args: argparse.Namespace) -> int:
 def cmd_read(args: argparse.Namespace) -> int:
     from shoal.client import AsyncClient
 
-    out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
     t0 = time.perf_counter()
-    try:
 
-        async def go() -> int:
-            async with AsyncClient(args.storage_daemon) as c:
-                info = await c.stat(args.pool, args.name)
-                total = info.size - args.offset if args.length is None else args.length
-                got = 0
+    async def go() -> int:
+        async with AsyncClient(args.storage_daemon) as c:
+            info = await c.stat(args.pool, args.name)  # before a file is made for nothing
+            total = info.size - args.offset if args.length is None else args.length
+            out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
+            got = 0
+            try:
                 with progress(max(total, 0), f"read {args.name}") as advance:
 
                     def sink(piece: memoryview) -> None:
@@ -376,13 +378,13 @@ def cmd_read(args: argparse.Namespace) -> int:
                     await c.get_to(
                         args.pool, args.name, sink, offset=args.offset, length=args.length
                     )
-                return got
+                out.flush()
+            finally:
+                if args.output:
+                    out.close()
+            return got
 
-        got = _run_async(go())
-        out.flush()
-    finally:
-        if args.output:
-            out.close()
+    got = _run_async(go())
     ms = (time.perf_counter() - t0) * 1e3
     _say(args, f"read {args.pool}/{args.name}: {got} bytes in {ms:.1f} ms")
     return 0

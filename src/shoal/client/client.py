@@ -91,6 +91,9 @@ class AsyncClient:
         if self._opening is None:
             self._opening = asyncio.Lock()
         async with self._opening:
+            self._conns = [c for c in self._conns if not c.closed]
+            if len(self._conns) >= self.pool_size:  # others opened while we waited
+                return min(self._conns, key=lambda c: c.load)
             try:
                 conn = await Connection.open(self.host, self.port, self.timeout)
             except OSError as exc:
@@ -116,17 +119,17 @@ class AsyncClient:
                 return await asyncio.wait_for(
                     conn.request(op, meta, payload, sink=sink), self.timeout
                 )
+            except TimeoutError:  # (an OSError too: first)
+                conn.close()
+                raise TimeoutError(
+                    f"no answer from {self.host}:{self.port} in {self.timeout} s"
+                ) from None
             except (ConnectionError, OSError) as exc:
                 conn.close()
                 attempt += 1
                 if not idempotent or attempt > self.retries:
                     raise ConnectionError(str(exc) or "connection to the daemon lost") from None
                 await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
-            except TimeoutError:
-                conn.close()
-                raise TimeoutError(
-                    f"no answer from {self.host}:{self.port} in {self.timeout} s"
-                ) from None
 
     # -- operations ------------------------------------------------------------------------
 
@@ -200,7 +203,11 @@ class AsyncClient:
         may have taken part of it."""
         meta = {"namespace": pool, "name": name, "offset": offset, "length": length}
         conn = await self._conn()
-        reply, _ = await asyncio.wait_for(conn.request(Op.GET, meta, sink=sink), self.timeout)
+        try:
+            reply, _ = await asyncio.wait_for(conn.request(Op.GET, meta, sink=sink), self.timeout)
+        except TimeoutError:
+            conn.close()  # or the sink would be fed after we gave up
+            raise
         return ObjectInfo.from_meta(reply)
 
     async def write_at(self, pool: str, name: str, offset: int, data: bytes) -> ObjKey:

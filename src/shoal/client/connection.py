@@ -168,17 +168,23 @@ class Connection(asyncio.Protocol):
             assert self.transport is not None
             self.transport.write(encode(op, rid, meta, size))
             sent = 0
-            async for chunk in chunks:
-                if self.closed or p.future.done():
-                    break
-                if sent + len(chunk) > size:
-                    self.close()
-                    raise ValueError(f"the source gave more than the announced {size} bytes")
-                self.transport.write(chunk)
-                sent += len(chunk)
-                await self.writable.wait()
-            if sent != size and not p.future.done():
-                # The source ran short: the frame cannot be finished, only abandoned.
+            try:
+                async for chunk in chunks:
+                    if self.closed or p.future.done():
+                        break
+                    if sent + len(chunk) > size:
+                        raise ValueError(f"the source gave more than the announced {size} bytes")
+                    self.transport.write(chunk)
+                    sent += len(chunk)
+                    await self.writable.wait()
+                if sent != size and not p.future.done():
+                    raise ValueError(f"the source gave {sent} of the announced {size} bytes")
+            except BaseException:
+                # A frame cut short (a short source, a cancel) can only be abandoned: the
+                # connection goes, or the next request's bytes would finish this payload.
+                self.pending.pop(rid, None)
                 self.close()
-                raise ValueError(f"the source gave {sent} of the announced {size} bytes")
+                raise
+            if sent != size:  # answered early (refused): the frame is unfinished too
+                self.close()
         return await p.future

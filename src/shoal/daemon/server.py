@@ -115,11 +115,16 @@ class Daemon:
     async def close(self) -> None:
         for server in self._servers:
             server.close()
+        tasks = [t for conn in self.connections for t in conn.tasks]
         for conn in list(self.connections):
             conn.close()
         for server in self._servers:
             await server.wait_closed()
-        self.executor.shutdown(wait=True)
+        await asyncio.sleep(0)  # let connection_lost schedule the aborts of cut uploads
+        tasks += [t for conn in self.connections for t in conn.tasks]
+        if tasks:
+            await asyncio.wait(tasks, timeout=30)
+        await asyncio.to_thread(self.executor.shutdown, wait=True)
 
     # -- requests without a payload --------------------------------------------------------
 
@@ -128,6 +133,8 @@ class Daemon:
         store = self.store
         if op == Op.PING:
             return {"pong": True}, None
+        if op not in (Op.LIST, Op.STAT, Op.DELETE, Op.REFS):
+            raise InvalidArgument(f"unknown operation {op}")
         ns = _str(meta, "namespace", "default")
         if op == Op.LIST:
             prefix, after = _str(meta, "prefix", ""), _str(meta, "start_after", "")
@@ -181,6 +188,7 @@ class _Upload:
         self.pieces: list[bytearray] = []  # full pieces waiting for the engine
         self.pump: asyncio.Task[None] | None = None
         self.streaming = header.op == Op.PUT and self.size > SMALL
+        self.ended = False  # the whole payload has arrived
         try:
             self.namespace = _str(meta, "namespace", "default")
             self.name = _str(meta, "name") if header.op == Op.WRITE_AT else meta.get("name")
@@ -229,8 +237,11 @@ class _Upload:
             self.error = exc
             self.pieces.clear()
             self.conn.resume_reading("upload")
+            if not self.ended:
+                self.conn.refuse(self.header, exc)
 
     async def finish(self) -> tuple[dict[str, Any], None]:
+        self.ended = True
         daemon, store = self.conn.daemon, self.conn.daemon.store
         if self.pump is not None:
             await self.pump
@@ -292,10 +303,11 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.writable.set()
-        self.daemon.connections.discard(self)
         if self.upload is not None:  # a payload cut short: store nothing
             upload, self.upload = self.upload, None
             self._spawn(upload.abort())
+        if not self.tasks:
+            self.daemon.connections.discard(self)
 
     def pause_writing(self) -> None:
         self.writable.clear()
@@ -312,6 +324,8 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         for ev in events:
+            if self.closed:  # a frame was refused: nothing after it is carried out
+                return
             if isinstance(ev, Payload):
                 if self.upload is not None:
                     self.upload.add(ev.data)
@@ -329,11 +343,22 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         if h.op in (Op.PUT, Op.WRITE_AT):
-            self.upload = _Upload(self, h, ev.meta)
+            upload = _Upload(self, h, ev.meta)
+            if upload.error is not None and h.payload_len > SMALL:
+                self.refuse(h, upload.error)  # say so now, not after megabytes more
+                return
+            self.upload = upload
         elif h.op == Op.GET:
-            self._spawn(self._get(h, ev.meta))
+            if not self._get_now(h, ev.meta):
+                self._spawn(self._get(h, ev.meta))
         else:
             self._spawn(self._reply(h, self.daemon.handle(h.op, ev.meta)))
+
+    def refuse(self, h: Header, exc: BaseException) -> None:
+        """Refuse a request whose payload is still arriving: the error now, then the
+        connection closes (the rest of the frame would have to be read for nothing)."""
+        self._send_now(encode_error(h.op, h.request_id, exc))
+        self.close()
 
     # -- replies ---------------------------------------------------------------------------
 
@@ -350,6 +375,27 @@ class _Connection(asyncio.Protocol):
         size = len(payload) if payload is not None else 0
         head = encode(h.op, h.request_id, meta, size, response=True)
         await self._send(head, payload)
+
+    def _get_now(self, h: Header, meta: dict[str, Any]) -> bool:
+        """Answer a GET right here, without a thread, if the engine can do it without waiting
+        for the disk (a hot, small object). False: take the long way."""
+        if self.send_lock.locked():  # a streamed reply is under way: do not cut into it
+            return False
+        try:
+            hit = self.daemon.store.get_cached(
+                _str(meta, "name"),
+                namespace=_str(meta, "namespace", "default"),
+                offset=_int(meta, "offset", 0),
+                length=_opt_int(meta, "length"),
+            )
+        except ShoalError as exc:
+            self._send_now(encode_error(h.op, h.request_id, exc))
+            return True
+        if hit is None:
+            return False
+        rec, data = hit
+        self._send_now(encode(h.op, h.request_id, record_meta(rec), len(data), response=True), data)
+        return True
 
     async def _get(self, h: Header, meta: dict[str, Any]) -> None:
         daemon = self.daemon
@@ -422,6 +468,8 @@ class _Connection(asyncio.Protocol):
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
+        if self.closed and not self.tasks:
+            self.daemon.connections.discard(self)
         if len(self.tasks) < MAX_INFLIGHT // 2:
             self.resume_reading("inflight")
         if not task.cancelled() and task.exception() is not None:

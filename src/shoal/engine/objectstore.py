@@ -52,6 +52,7 @@ from shoal.errors import (
 DEFAULT_NAMESPACE = "default"
 _CACHE_SIZE = 65536
 _LOCK_STRIPES = 256
+_NOWAIT_MAX = 256 << 10  # get_cached serves at most this much without a thread
 MAX_OBJECT_SIZE = 1 << 36  # 64 GiB: one object's manifest stays a few MiB at most
 _LEADER_WRITES = 64 << 10  # puts up to this size hand their data to the group commit leader
 _GROW_MIN, _GROW_MAX = 256, 16384  # blocks reserved at a time by a writer of unknown size
@@ -370,6 +371,7 @@ class ObjectStore:
         self._cache: dict[tuple[str, str], Record] = {}
         self._small: dict[str, dict[str, int]] = {}
         self._fd = device.fd
+        self._nowait = hasattr(os, "RWF_NOWAIT")
         self._cache_size = cache_size
         self._cache_gen = 0
         self._cache_lock = threading.Lock()
@@ -744,6 +746,46 @@ class ObjectStore:
                     raise
                 rec = fresh
         raise Conflict(f"{namespace}/{name} kept changing while being read")
+
+    def get_cached(
+        self,
+        name: str,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        offset: int = 0,
+        length: int | None = None,
+    ) -> tuple[Record, memoryview] | None:
+        """`get` for callers that must not block (an event loop): the bytes, verified, if the
+        object's record is cached and its blocks are in the page cache (RWF_NOWAIT reads), at
+        most 256 KiB; otherwise None, and the caller goes the long way (a thread). Raises only
+        for a request that cannot succeed at all (a range past the end)."""
+        rec = self._cache.get((namespace, name))
+        if rec is None or not self._nowait:
+            return None
+        offset, length = self._range(rec, offset, length)
+        if length > _NOWAIT_MAX:
+            return None
+        bs = self.block_size
+        lo, hi = offset // bs, -(-(offset + length) // bs)
+        buf = bytearray((hi - lo) * bs)
+        mv = memoryview(buf)
+        for logical, start, count in rec.manifest.runs(lo, hi):
+            if start == HOLE:
+                continue
+            off = (logical - lo) * bs
+            try:
+                n = os.preadv(self._fd, [mv[off : off + count * bs]], start * bs, os.RWF_NOWAIT)
+            except BlockingIOError:
+                return None
+            except OSError:  # no RWF_NOWAIT here (an old kernel, another filesystem)
+                self._nowait = False
+                return None
+            if n != count * bs:
+                return None
+        if self.blocks.bad_blocks(rec.manifest, lo, buf):
+            return None  # the long way re-checks the record and reports real damage
+        skip = offset - lo * bs
+        return rec, mv[skip : skip + length]
 
     def _read(self, rec: Record, offset: int, length: int | None) -> memoryview:
         offset, length = self._range(rec, offset, length)

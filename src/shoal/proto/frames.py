@@ -201,6 +201,10 @@ class FrameReader:
                     self._in_payload = None
                 continue
             want = HEADER_SIZE if self._header is None else self._header.meta_len
+            if self._header is None:  # refuse garbage as soon as its first bytes show it
+                head = bytes(self._pending[:3]) + bytes(mv[pos : pos + 3 - len(self._pending)])
+                if not MAGIC.startswith(head[:3]):
+                    raise ProtocolError(f"not a shoal frame (starts with {head!r})")
             if self._pending or end - pos < want:
                 take = min(want - len(self._pending), end - pos)
                 self._pending += mv[pos : pos + take]
