@@ -206,14 +206,17 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show(fields: dict[str, object], as_json: bool, width: int = 10) -> None:
+    if as_json:
+        print(json.dumps(fields))
+    else:
+        for k, v in fields.items():
+            print(f"{k:>{width}}: {v}")
+
+
 def cmd_stat(args: argparse.Namespace) -> int:
     with _open(args) as store:
-        info = _info(_record(store, args))
-    if args.json:
-        print(json.dumps(info))
-    else:
-        for k, v in info.items():
-            print(f"{k:>10}: {v}")
+        _show(_info(_record(store, args)), args.json)
     return 0
 
 
@@ -309,11 +312,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "free_blocks": store.free_blocks,
             "namespaces": store.namespaces(),
         }
-    if args.json:
-        print(json.dumps(info))
-    else:
-        for k, v in info.items():
-            print(f"{k:>14}: {v}")
+    _show(info, args.json, width=14)
     return 0
 
 
@@ -409,11 +408,7 @@ def cmd_remote_stat(args: argparse.Namespace) -> int:
         "refs": [r.hex() for r in info.refs],
         "modified": _iso(info.mtime),
     }
-    if args.json:
-        print(json.dumps(fields))
-    else:
-        for k, v in fields.items():
-            print(f"{k:>10}: {v}")
+    _show(fields, args.json)
     return 0
 
 

@@ -72,15 +72,10 @@ def default_keys_path(device: str) -> str:
 # -- changes: pure functions of the object's current record, run by the group commit ------
 
 
-@dataclass(slots=True)
-class _Put:
-    """A new object. With `small` set, the group commit leader allocates, checksums, hashes
-    and writes its data (`write`), then fills in the record's manifest and hash."""
+class _OfRecord:
+    """A change that carries the object's new record, and is named by it."""
 
     record: Record
-    small: tuple[ObjectStore, memoryview] | None = None
-    extents: list[Extent] = field(default_factory=list)
-    writes_data = True
 
     @property
     def namespace(self) -> str:
@@ -89,6 +84,17 @@ class _Put:
     @property
     def name(self) -> str:
         return self.record.name
+
+
+@dataclass(slots=True)
+class _Put(_OfRecord):
+    """A new object. With `small` set, the group commit leader allocates, checksums, hashes
+    and writes its data (`write`), then fills in the record's manifest and hash."""
+
+    record: Record
+    small: tuple[ObjectStore, memoryview] | None = None
+    extents: list[Extent] = field(default_factory=list)
+    writes_data = True
 
     def prepare(self) -> list[Piece]:
         if self.small is None:
@@ -113,7 +119,7 @@ class _Put:
 
 
 @dataclass(slots=True)
-class _WriteAt:
+class _WriteAt(_OfRecord):
     """A patch of blocks [lo, hi) of the object `expect` (uuid, version) as it was read; if
     the object is not that one any more (changed, or deleted and made anew) it is refused."""
 
@@ -126,14 +132,6 @@ class _WriteAt:
 
     def prepare(self) -> list[Piece]:
         return []
-
-    @property
-    def namespace(self) -> str:
-        return self.record.namespace
-
-    @property
-    def name(self) -> str:
-        return self.record.name
 
     def apply(self, cur: Record | None) -> Outcome:
         rec = self.record
