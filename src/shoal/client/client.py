@@ -84,10 +84,17 @@ class AsyncClient:
         self._conns.clear()
 
     async def _conn(self) -> Connection:
-        self._conns = [c for c in self._conns if not c.closed]
-        idle = min(self._conns, key=lambda c: c.load, default=None)
-        if idle is not None and (idle.load == 0 or len(self._conns) >= self.pool_size):
-            return idle
+        best, best_load = None, 1 << 30
+        for c in self._conns:
+            if not c.closed and (load := c.load) < best_load:
+                best, best_load = c, load
+                if not load:
+                    return c
+        if best is not None and len(self._conns) >= self.pool_size:
+            if any(c.closed for c in self._conns):
+                self._conns = [c for c in self._conns if not c.closed]
+            if len(self._conns) >= self.pool_size:
+                return best
         if self._opening is None:
             self._opening = asyncio.Lock()
         async with self._opening:
@@ -116,9 +123,8 @@ class AsyncClient:
         while True:
             conn = await self._conn()
             try:
-                return await asyncio.wait_for(
-                    conn.request(op, meta, payload, sink=sink), self.timeout
-                )
+                async with asyncio.timeout(self.timeout):  # no task per request, unlike wait_for
+                    return await conn.request(op, meta, payload, sink=sink)
             except TimeoutError:  # (an OSError too: first)
                 conn.close()
                 raise TimeoutError(
@@ -204,7 +210,8 @@ class AsyncClient:
         meta = {"namespace": pool, "name": name, "offset": offset, "length": length}
         conn = await self._conn()
         try:
-            reply, _ = await asyncio.wait_for(conn.request(Op.GET, meta, sink=sink), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                reply, _ = await conn.request(Op.GET, meta, sink=sink)
         except TimeoutError:
             conn.close()  # or the sink would be fed after we gave up
             raise
