@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
@@ -48,6 +48,8 @@ SMALL = 1 << 20  # payloads up to this are gathered whole
 PIECE = 4 << 20  # larger ones go to the engine in pieces of this size
 MAX_WRITE_AT = 64 << 20  # a write-at-offset is gathered whole: bounded
 MAX_INFLIGHT = 256  # requests per connection before reading pauses
+POOL_BUFFERS = 8  # free streaming buffers kept (x PIECE bytes)
+BLOCK = 4096
 T = TypeVar("T")
 
 
@@ -99,6 +101,7 @@ class Daemon:
         self.max_payload = max_payload
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="shoal-io")
         self.connections: set[_Connection] = set()
+        self.buffers: list[bytearray] = []  # free PIECE-sized buffers for streamed GETs
         self._servers: list[asyncio.Server] = []
 
     async def run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
@@ -293,6 +296,7 @@ class _Connection(asyncio.Protocol):
         self.writable.set()
         self.paused: set[str] = set()
         self.closed = False
+        self._inflight: list[bytearray] = []  # buffers handed to the transport
 
     # -- transport callbacks ---------------------------------------------------------------
 
@@ -417,32 +421,52 @@ class _Connection(asyncio.Protocol):
         await self._stream(h, rec, offset, length)
 
     async def _stream(self, h: Header, rec: Record, offset: int, length: int) -> None:
-        daemon = self.daemon
-        chunks: Iterator[memoryview] = daemon.store.iter_read(
-            rec.name, namespace=rec.namespace, offset=offset, length=length, chunk=PIECE
-        )
-        nxt = functools.partial(next, chunks, None)
+        """A large GET: verified pieces read into reused buffers, each read while the one
+        before it is being sent."""
+        daemon, store = self.daemon, self.daemon.store
+        end = offset + length
+
+        def read(pos: int, buf: bytearray) -> memoryview:
+            stop = min(end, pos - pos % BLOCK + PIECE)
+            return store.read_into(rec, pos, stop - pos, buf)
+
         async with self.send_lock:
+            buf = self._buffer()
             try:
-                chunk = await daemon.run(nxt)
+                chunk = await daemon.run(read, offset, buf)
             except ShoalError as exc:
+                self._inflight.append(buf)
                 self._send_now(encode_error(h.op, h.request_id, exc))
                 return
             self._send_now(encode(h.op, h.request_id, record_meta(rec), length, response=True))
-            sent = 0
-            while chunk is not None and not self.closed:
-                ahead = asyncio.ensure_future(daemon.run(nxt))  # read the next while sending
+            pos = offset
+            while not self.closed:
+                pos += len(chunk)
+                ahead = None
+                if pos < end:  # read the next piece while this one is sent
+                    nbuf = self._buffer()
+                    ahead = asyncio.ensure_future(daemon.run(read, pos, nbuf))
                 self._send_now(chunk)
-                sent += len(chunk)
+                self._inflight.append(buf)
                 await self.writable.wait()
+                if ahead is None:
+                    return
                 try:
-                    chunk = await ahead
+                    chunk, buf = await ahead, nbuf
                 except ShoalError as exc:
                     log.error("closing connection mid-GET of %s: %s", rec.name, exc)
-                    self.close()
+                    self._inflight.append(nbuf)
+                    self.close()  # a short payload, never a wrong one
                     return
-            if sent != length and not self.closed:
-                self.close()  # the object shrank under us: a short payload, never a wrong one
+
+    def _buffer(self) -> bytearray:
+        """A PIECE-sized buffer: one the socket has finished with, or a new one."""
+        pool = self.daemon.buffers
+        transport = self.transport
+        if self._inflight and transport is not None and transport.get_write_buffer_size() == 0:
+            pool.extend(self._inflight[: max(0, POOL_BUFFERS - len(pool))])
+            self._inflight.clear()
+        return pool.pop() if pool else bytearray(PIECE)
 
     async def _send(self, head: bytes, payload: Any = None) -> None:
         async with self.send_lock:

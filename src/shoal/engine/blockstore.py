@@ -144,16 +144,23 @@ class BlockStore:
 
     def read_raw(self, manifest: Manifest, lo: int, hi: int) -> bytearray:
         """Logical blocks [lo, hi) as stored, unverified (holes read as zeros)."""
-        bs = self.bs
-        buf = bytearray((hi - lo) * bs)
-        mv = memoryview(buf)
-        for logical, start, count in manifest.runs(lo, hi):
-            if start != HOLE:
-                off = (logical - lo) * bs
-                self.device.preadv([mv[off : off + count * bs]], start)
+        buf = bytearray((hi - lo) * self.bs)
+        self.read_raw_into(manifest, lo, hi, memoryview(buf), zero_holes=False)
         return buf
 
-    def bad_blocks(self, manifest: Manifest, lo: int, buf: bytearray) -> list[int]:
+    def read_raw_into(
+        self, manifest: Manifest, lo: int, hi: int, mv: memoryview, *, zero_holes: bool = True
+    ) -> None:
+        """`read_raw` into the caller's buffer (a reused one: holes are zeroed in it)."""
+        bs = self.bs
+        for logical, start, count in manifest.runs(lo, hi):
+            off = (logical - lo) * bs
+            if start != HOLE:
+                self.device.preadv([mv[off : off + count * bs]], start)
+            elif zero_holes:
+                mv[off : off + count * bs] = bytes(count * bs)
+
+    def bad_blocks(self, manifest: Manifest, lo: int, buf: bytearray | memoryview) -> list[int]:
         """Logical blocks of `buf` (read from block `lo` on) that fail their checksum."""
         bs = self.bs
         mv = memoryview(buf)

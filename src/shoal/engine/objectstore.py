@@ -785,6 +785,28 @@ class ObjectStore:
         skip = offset - lo * bs
         return rec, mv[skip : skip + length]
 
+    def read_into(self, rec: Record, offset: int, length: int, buf: bytearray) -> memoryview:
+        """Bytes [offset, offset + length) of the object as `rec` (from `stat`) describes it,
+        read into `buf` (big enough for the blocks that cover them) and verified: a view of
+        `buf`. For streaming with reused buffers. Raises Conflict if the object changed since
+        `rec` (its blocks may be someone else's now), IntegrityError if it did not."""
+        offset, length = self._range(rec, offset, length)
+        bs = self.block_size
+        lo, hi = offset // bs, -(-(offset + length) // bs)
+        mv = memoryview(buf)[: (hi - lo) * bs]
+        self.blocks.read_raw_into(rec.manifest, lo, hi, mv)
+        bad = self.blocks.bad_blocks(rec.manifest, lo, mv)
+        if bad:
+            fresh = self.keys.get(rec.namespace, rec.name)
+            if fresh is None or (fresh.uuid, fresh.version) != (rec.uuid, rec.version):
+                raise Conflict(f"{rec.namespace}/{rec.name} changed while being read")
+            raise IntegrityError(
+                f"{rec.namespace}/{rec.name}: block {bad[0]} does not match its checksum "
+                f"({len(bad)} bad block(s) read)"
+            )
+        skip = offset - lo * bs
+        return mv[skip : skip + length]
+
     def _read(self, rec: Record, offset: int, length: int | None) -> memoryview:
         offset, length = self._range(rec, offset, length)
         if length == 0:
