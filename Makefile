@@ -4,8 +4,8 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 DATA    ?= demo
-APT_TEST_PKGS := util-linux
-APT_BENCH_PKGS := fio
+APT_TEST_PKGS := util-linux curl
+APT_BENCH_PKGS := fio nginx-extras wrk
 
 .PHONY: install install-test install-bench up test lint bench clean
 
@@ -20,7 +20,8 @@ install: $(BIN)/python
 APT := $(if $(filter 0,$(shell id -u)),,sudo )apt-get
 
 install-test: $(BIN)/python
-	@command -v losetup >/dev/null || ($(APT) update -qq && $(APT) install -y -qq $(APT_TEST_PKGS))
+	@command -v losetup >/dev/null && command -v curl >/dev/null \
+		|| ($(APT) update -qq && $(APT) install -y -qq $(APT_TEST_PKGS))
 	$(BIN)/pip install -q -e '.[test]'
 
 install-bench: install-bench
@@ -47,6 +48,7 @@ test: install-test lint
 
 bench: install-bench
 	$(BIN)/python -m bench.engine
+	$(BIN)/python -m bench.daemon
 
 clean:
 	rm -rf $(VENV) $(DATA) build *.egg-info src/*.egg-info
