@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
 from shoal.engine import ObjectStore, ObjectWriter, Record
-from shoal.errors import InvalidArgument, ShoalError
+from shoal.errors import Conflict, InvalidArgument, ShoalError
 from shoal.proto.frames import (
     MAX_PAYLOAD,
     FrameEnd,
@@ -166,15 +166,6 @@ class Daemon:
                 refs = await self.run(store.remove_refs, name, remove, namespace=ns)
             return {"refs": list(refs)}, None
         raise InvalidArgument(f"unknown operation {op}")
-
-    async def get_meta(self, meta: dict[str, Any]) -> tuple[Record, int, int]:
-        ns, name = _str(meta, "namespace", "default"), _str(meta, "name")
-        rec = await self.run(self.store.stat, name, namespace=ns)
-        offset, length = _int(meta, "offset", 0), _opt_int(meta, "length")
-        if offset > rec.size:
-            raise InvalidArgument(f"offset {offset} is beyond the end of {ns}/{name} ({rec.size})")
-        avail = rec.size - offset
-        return rec, offset, avail if length is None else min(length, avail)
 
 
 class _Upload:
@@ -402,42 +393,52 @@ class _Connection(asyncio.Protocol):
         return True
 
     async def _get(self, h: Header, meta: dict[str, Any]) -> None:
-        daemon = self.daemon
+        """A GET the event loop could not answer at once: one trip to a thread finds the
+        object and reads it (a small one whole, a large one's first piece)."""
+        store = self.daemon.store
+        buf = self._buffer()
         try:
-            rec, offset, length = await daemon.get_meta(meta)
-            if length <= SMALL:
-                data = await daemon.run(
-                    daemon.store.get, rec.name, namespace=rec.namespace, offset=offset,
-                    length=length,
-                )  # fmt: skip
-                if len(data) != length:  # the object changed between stat and get
-                    rec = await daemon.run(daemon.store.stat, rec.name, namespace=rec.namespace)
-                reply = record_meta(rec)
-                await self._send(encode(h.op, h.request_id, reply, len(data), response=True), data)
-                return
+            ns, name = _str(meta, "namespace", "default"), _str(meta, "name")
+            want_offset, want_length = _int(meta, "offset", 0), _opt_int(meta, "length")
+
+            def fetch() -> tuple[Record, int, int, memoryview]:
+                for _ in range(3):
+                    rec = store.stat(name, namespace=ns)
+                    off, n = store.clip(rec, want_offset, want_length)
+                    stop = off + n if n <= SMALL else min(off + n, off - off % BLOCK + PIECE)
+                    try:
+                        return rec, off, n, store.read_into(rec, off, stop - off, buf)
+                    except Conflict:
+                        continue  # overwritten meanwhile: read the new one
+                raise Conflict(f"{ns}/{name} kept changing while being read")
+
+            rec, offset, length, chunk = await self.daemon.run(fetch)
         except ShoalError as exc:
+            self._inflight.append(buf)
             await self._send(encode_error(h.op, h.request_id, exc))
             return
-        await self._stream(h, rec, offset, length)
+        if len(chunk) == length:
+            async with self.send_lock:
+                head = encode(h.op, h.request_id, record_meta(rec), length, response=True)
+                self._send_now(head, chunk)
+                self._inflight.append(buf)
+                await self.writable.wait()
+            return
+        await self._stream(h, rec, offset, length, chunk, buf)
 
-    async def _stream(self, h: Header, rec: Record, offset: int, length: int) -> None:
-        """A large GET: verified pieces read into reused buffers, each read while the one
-        before it is being sent."""
+    async def _stream(
+        self, h: Header, rec: Record, offset: int, length: int, chunk: memoryview, buf: bytearray
+    ) -> None:
+        """A large GET, its first piece read: the next pieces are read into reused buffers,
+        each while the one before it is being sent."""
         daemon, store = self.daemon, self.daemon.store
         end = offset + length
 
-        def read(pos: int, buf: bytearray) -> memoryview:
+        def read(pos: int, into: bytearray) -> memoryview:
             stop = min(end, pos - pos % BLOCK + PIECE)
-            return store.read_into(rec, pos, stop - pos, buf)
+            return store.read_into(rec, pos, stop - pos, into)
 
         async with self.send_lock:
-            buf = self._buffer()
-            try:
-                chunk = await daemon.run(read, offset, buf)
-            except ShoalError as exc:
-                self._inflight.append(buf)
-                self._send_now(encode_error(h.op, h.request_id, exc))
-                return
             self._send_now(encode(h.op, h.request_id, record_meta(rec), length, response=True))
             pos = offset
             while not self.closed:

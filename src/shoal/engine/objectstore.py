@@ -818,6 +818,12 @@ class ObjectStore:
         return memoryview(buf)[skip : skip + length]
 
     @staticmethod
+    def clip(rec: Record, offset: int, length: int | None) -> tuple[int, int]:
+        """(offset, length) of a read of `rec` clipped to its end; an offset past the end or
+        a negative value is InvalidArgument."""
+        return ObjectStore._range(rec, offset, length)
+
+    @staticmethod
     def _range(rec: Record, offset: int, length: int | None) -> tuple[int, int]:
         if offset < 0 or (length is not None and length < 0):
             raise InvalidArgument("offset and length must be >= 0")
