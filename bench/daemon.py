@@ -28,7 +28,6 @@ import os
 import random
 import re
 import resource
-import select
 import shutil
 import signal
 import socket
@@ -44,6 +43,7 @@ from statistics import mean
 from typing import Any
 
 from bench.engine import KiB, MiB, git, log, machine
+from shoal.daemon.process import spawn
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -228,29 +228,8 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> in
 
 def start_shoal(directory: Path, size: str) -> tuple[subprocess.Popen[bytes], str]:
     """`shoal daemon` on a free port; returns the process and its native address."""
-    directory.mkdir(parents=True)
-    logf = (directory.parent / "shoal-daemon.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shoal.cli", "daemon", "--dir", str(directory), "--size", size,
-         "--listen", "127.0.0.1:0", "--http", "off"],
-        stdout=subprocess.PIPE, stderr=logf,
-    )  # fmt: skip
-    logf.close()
-    assert proc.stdout is not None
-    deadline, line = time.monotonic() + 60, b""
-    while time.monotonic() < deadline and b"\n" not in line:
-        if select.select([proc.stdout], [], [], 0.5)[0]:
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            line += chunk
-        elif proc.poll() is not None:
-            break
-    m = re.search(rb"listening on (\S+) \(native\)", line)
-    if not m:
-        stop_process(proc, signal.SIGKILL)
-        raise RuntimeError(f"shoal daemon did not start: {line!r}; see shoal-daemon.log")
-    return proc, m.group(1).decode()
+    d = spawn(directory, size=size, http="off", log=directory.parent / "shoal-daemon.log")
+    return d.proc, d.address
 
 
 @dataclass(frozen=True)
