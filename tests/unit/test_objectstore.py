@@ -375,3 +375,12 @@ def test_cached_reads_still_verify_every_block(store: ObjectStore, size: int) ->
         store.get("v")
     with pytest.raises(IntegrityError):
         store.get("v", offset=0, length=8)
+
+
+@pytest.mark.parametrize("prefix", ["a", "\ud7ff", "\U0010ffff", "z\U0010ffff"])
+def test_listing_by_prefix_at_the_edges_of_unicode(store: ObjectStore, prefix: str) -> None:
+    names = [prefix, prefix + "x", prefix + "\U0010ffff", "\ue000", "b"]
+    for n in dict.fromkeys(names):
+        store.put(b".", name=n)
+    got = [r.name for r in store.list(prefix=prefix)]
+    assert got == sorted(n for n in dict.fromkeys(names) if n.startswith(prefix))

@@ -130,7 +130,8 @@ def _prefix_end(prefix: str) -> str | None:
     while chars:
         c = ord(chars.pop())
         if c < 0x10FFFF:
-            return "".join(chars) + chr(c + 1)
+            nxt = c + 1 if c + 1 != 0xD800 else 0xE000  # surrogates are not text
+            return "".join(chars) + chr(nxt)
     return None
 
 
