@@ -227,7 +227,7 @@ class _Upload:
                 if self.error is None:
                     await daemon.run(self.writer.write, piece)
                 self.conn.resume_reading("upload")
-        except ShoalError as exc:
+        except (ShoalError, OSError) as exc:  # OSError: the disk said no
             self.error = exc
             self.pieces.clear()
             self.conn.resume_reading("upload")
