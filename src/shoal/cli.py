@@ -503,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-l", "--long", action="store_true")
 
     for alias in ("daemon", "file-store"):
-        v = top.add_parser(alias, help="serve one disk" if alias == "daemon" else argparse.SUPPRESS)
+        v = top.add_parser(alias, help="serve one disk" if alias == "daemon" else "= daemon")
         v.add_argument("--dir", required=True, help="the daemon's folder (key store, data file)")
         v.add_argument("--device", help="a formatted block device or file to hold the data")
         v.add_argument("--size", type=parse_size, default=4 << 30, help="size of a new data file")
