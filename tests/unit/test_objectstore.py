@@ -384,3 +384,29 @@ def test_listing_by_prefix_at_the_edges_of_unicode(store: ObjectStore, prefix: s
         store.put(b".", name=n)
     got = [r.name for r in store.list(prefix=prefix)]
     assert got == sorted(n for n in dict.fromkeys(names) if n.startswith(prefix))
+
+
+def test_put_many_commits_a_batch_and_refuses_each_bad_one(store: ObjectStore) -> None:
+    store.put(b"old", name="p", permanent=True)
+    store.put(b"v1", name="dup")
+    before = store.stats["groups"]
+    items = [
+        ("default", "a", b"A" * 5000, (), False),
+        ("default", "", b"bad name", (), False),
+        ("default", "p", b"replace a permanent one", (), False),
+        ("default", "dup", b"v2", (), False),
+        ("default", "dup", b"v3", (), False),  # the later one in the same batch wins
+        ("default", None, b"unnamed", (), False),
+        ("default", "big", bytes(100_000), (), False),
+    ]
+    out = store.put_many(items)
+    assert store.stats["groups"] == before + 1, "one group for the whole batch"
+    assert [type(r).__name__ for r in out] == [
+        "ObjKey", "InvalidArgument", "Forbidden", "ObjKey", "ObjKey", "ObjKey", "InvalidArgument",
+    ]  # fmt: skip
+    assert store.get("a") == b"A" * 5000
+    assert store.get("p") == b"old"
+    assert store.get("dup") == b"v3" and store.stat("dup").version == 3
+    assert store.get(str(out[5].uuid)) == b"unnamed"  # type: ignore[union-attr]
+    report = check(store)
+    assert report.ok, report.problems

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
-from shoal.engine import ObjectStore, ObjectWriter, Record
+from shoal.engine import ObjectStore, ObjectWriter, ObjKey, Record
 from shoal.errors import Conflict, InvalidArgument, ShoalError
 from shoal.proto.frames import (
     MAX_PAYLOAD,
@@ -49,6 +49,9 @@ PIECE = 4 << 20  # larger ones go to the engine in pieces of this size
 MAX_WRITE_AT = 64 << 20  # a write-at-offset is gathered whole: bounded
 MAX_INFLIGHT = 256  # requests per connection before reading pauses
 POOL_BUFFERS = 8  # free streaming buffers kept (x PIECE bytes)
+BATCHED_PUT = 64 << 10  # PUTs up to this size are gathered into batches ...
+PUT_BATCHES = 2  # ... of which this many commit at once (the engine pipelines two groups)
+MAX_BATCH = 256
 BLOCK = 4096
 T = TypeVar("T")
 
@@ -102,7 +105,39 @@ class Daemon:
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="shoal-io")
         self.connections: set[_Connection] = set()
         self.buffers: list[bytearray] = []  # free PIECE-sized buffers for streamed GETs
+        self._puts: list[tuple[tuple[str, str | None, Any, list[bytes], bool], Any]] = []
+        self._put_tasks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
+
+    async def put_small(
+        self, namespace: str, name: str | None, data: bytes | bytearray, refs: list[bytes],
+        permanent: bool,
+    ) -> ObjKey:  # fmt: skip
+        """Store a small object with the others that arrive meanwhile: the event loop gathers
+        concurrent small PUTs and hands each gathering to the engine as one batch (one thread,
+        one group commit), while the previous batch commits."""
+        fut: asyncio.Future[ObjKey] = asyncio.get_running_loop().create_future()
+        self._puts.append(((namespace, name, data, refs, permanent), fut))
+        if len(self._put_tasks) < PUT_BATCHES:
+            task = asyncio.ensure_future(self._put_batches())
+            self._put_tasks.add(task)
+            task.add_done_callback(self._put_tasks.discard)
+        return await fut
+
+    async def _put_batches(self) -> None:
+        while self._puts:
+            batch, self._puts = self._puts[:MAX_BATCH], self._puts[MAX_BATCH:]
+            try:
+                results = await self.run(self.store.put_many, [item for item, _ in batch])
+            except BaseException as exc:  # the disk failed the whole batch
+                results = [exc] * len(batch)  # type: ignore[list-item]
+            for (_, fut), result in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(result, BaseException):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -254,6 +289,10 @@ class _Upload:
         elif self.writer is not None:
             writer, self.writer = self.writer, None
             key = await daemon.run(writer.commit)
+        elif self.size <= BATCHED_PUT:
+            key = await daemon.put_small(
+                self.namespace, self.name, self.buf, self.refs, bool(self.meta.get("permanent"))
+            )
         else:
             key = await daemon.run(
                 store.put,

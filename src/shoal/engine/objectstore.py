@@ -24,7 +24,7 @@ import threading
 import time
 import uuid as uuidlib
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import ClassVar
@@ -46,6 +46,7 @@ from shoal.errors import (
     InvalidArgument,
     NoSpace,
     NotFound,
+    ShoalError,
     StoreFailed,
 )
 
@@ -569,6 +570,55 @@ class ObjectStore:
             change.record = replace(rec, hash=digest, manifest=manifest)
         self._commit(change)
         return change.record.key
+
+    def put_many(
+        self, items: Sequence[tuple[str, str | None, Data, Sequence[bytes], bool]]
+    ) -> list[ObjKey | ShoalError]:
+        """Store several small objects (namespace, name, data, refs, permanent) in one group
+        commit, from one thread: each one's ObjKey, or the error that refused it. For a
+        server that gathers concurrent requests itself (cheaper than a thread each)."""
+        results: list[ObjKey | ShoalError | None] = [None] * len(items)
+        changes: list[tuple[int, _Put]] = []
+        now = time.time()
+        for i, (namespace, name, data, refs, permanent) in enumerate(items):
+            mv = memoryview(data).cast("B")
+            uid = KeyGen.uuid()
+            name = name if name is not None else str(uid)
+            try:
+                check_name(namespace, name)
+                if len(mv) > _LEADER_WRITES:
+                    raise InvalidArgument(
+                        f"put_many takes objects of {_LEADER_WRITES} bytes at most"
+                    )
+                rec = Record(
+                    namespace, name, uid.bytes, len(mv), None, 1,
+                    FLAG_PERMANENT if permanent else 0, _check_refs(refs), Manifest.empty(),
+                    now, now,
+                )  # fmt: skip
+            except ShoalError as exc:
+                results[i] = exc
+                continue
+            changes.append((i, _Put(rec, (self, mv))))
+        outcomes = self._committer.submit_many([c for _, c in changes])
+        fatal: BaseException | None = None
+        for (i, change), out in zip(changes, outcomes, strict=True):
+            if isinstance(out, Outcome):
+                self.placer.release(out.freed)
+                results[i] = change.record.key
+                continue
+            if committed(out) is False:
+                self.placer.release(change.extents)
+            if isinstance(out, ShoalError):
+                results[i] = out
+            else:
+                fatal = out  # the disk (OSError) or a bug: not one request's fault
+        if fatal is not None:
+            raise fatal
+        final: list[ObjKey | ShoalError] = []
+        for r in results:
+            assert r is not None
+            final.append(r)
+        return final
 
     def write_at(
         self,
