@@ -177,6 +177,23 @@ def engine_put4k(store: ObjectStore, threads: int, seconds: float, tag: str) -> 
     }
 
 
+def engine_put4k_batched(store: ObjectStore, batch: int, seconds: float) -> dict[str, Any]:
+    """Durable 4 KiB PUTs handed over `batch` at a time from one thread (`put_many`, as the
+    daemon does with concurrent requests): the engine without threads contending."""
+    data = os.urandom(4 * KiB)
+    before = store.stats
+    done = 0
+    with Phase() as ph:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            items = [("default", f"b{done + i}", data, (), False) for i in range(batch)]
+            store.put_many(items)
+            done += batch
+    delta = {k: v - before[k] for k, v in store.stats.items()}
+    return {"batch": batch, "puts": done, "puts_per_s": done / ph.wall, "stats": delta,
+            **ph.info()}  # fmt: skip
+
+
 def get_loop(store: ObjectStore, names: Sequence[str], seconds: float) -> float:
     """GETs per second of a single thread cycling over `names`."""
     get, done, i, n = store.get, 0, 0, len(names)
@@ -345,6 +362,8 @@ def bench(work: Path, p: Params) -> dict[str, Any]:
 
         log(f"engine: 4k GET vs os.pread over {len(names)} objects")
         get4k = get4k_vs_pread(store, work, names, p)
+        log(f"engine: 4k PUT in put_many batches of {p.writers} from one thread")
+        batched = engine_put4k_batched(store, p.writers, p.seconds)  # after: it fills the cache
 
         log(f"engine: 4m PUT x{p.big_bytes // BIG}; fio seq write again, buffered write")
         big_put = put_big(store, p)
@@ -371,6 +390,7 @@ def bench(work: Path, p: Params) -> dict[str, Any]:
     fig["engine"] = {
         "put4k_16writers": put16,
         "put4k_1writer": put1,
+        "put4k_batched": batched,
         "get4k": get4k,
         "put4m": big_put,
         "get4m_cold": big_cold,
@@ -392,6 +412,8 @@ def bench(work: Path, p: Params) -> dict[str, Any]:
             mean(get4k["preads_device_file_per_s"]), None),
         row("4 KiB durable PUT, 1 thr (/s)", put1["puts_per_s"], "fio 4k fdatasync qd1 IOPS",
             mean(qd1), None),
+        row(f"4 KiB PUT, put_many x{p.writers} (/s)", batched["puts_per_s"],
+            "fio 4k fdatasync qd1 IOPS", mean(qd1), None),
         row("4 KiB durable PUT, 16 thr (/s)", put16_rate, "fio 4k fdatasync 16 jobs",
             qd16, None),
         row("4 MiB PUT (MB/s)", big_put["mb_per_s"], "fio 4m buffered+fdatasync each",
