@@ -72,16 +72,8 @@ class BlockStore:
         block is zero-padded) and return the crc32c of each block written."""
         mv = memoryview(data).cast("B")
         return while_writing(
-            len(mv), lambda: block_crcs(mv, self.bs), lambda: self.write_extents(extents, mv)
+            len(mv), lambda: block_crcs(mv, self.bs), lambda: self.write_runs(extents, 0, mv)
         )
-
-    def write_extents(self, extents: list[Extent], mv: memoryview) -> None:
-        """`write` without the checksums."""
-        bs = self.bs
-        pos = 0
-        for start, count in extents:
-            self._write_piece(start, mv[pos : pos + count * bs])
-            pos += count * bs
 
     def pieces(self, extents: list[Extent], mv: memoryview) -> list[tuple[int, list[Data]]]:
         """`mv` cut along `extents` as (device block, buffers), the last block zero-padded."""
@@ -134,10 +126,11 @@ class BlockStore:
     def write_runs(
         self, extents: list[Extent], lo: int, data: bytes | bytearray | memoryview
     ) -> None:
-        """Write whole blocks `data` at logical blocks [lo, ...) of the allocation `extents`."""
+        """Write `data` at logical blocks [lo, ...) of the allocation `extents` (a short last
+        block is zero-padded)."""
         mv = memoryview(data).cast("B")
         bs = self.bs
-        hi = lo + len(mv) // bs
+        hi = lo + -(-len(mv) // bs)
         for logical, start, count in runs(extents, lo, hi):
             off = (logical - lo) * bs
             self._write_piece(start, mv[off : off + count * bs])

@@ -74,6 +74,11 @@ class Record:
     def permanent(self) -> bool:
         return bool(self.flags & FLAG_PERMANENT)
 
+    def same_revision(self, other: Record | None) -> bool:
+        """`other` is this object at this version: not changed since, nor deleted and made
+        anew under the same name."""
+        return other is not None and (other.uuid, other.version) == (self.uuid, self.version)
+
     def changed(self, **kw: object) -> Record:
         """This record, one version on, modified now, with `kw` fields replaced."""
         kw.setdefault("version", self.version + 1)

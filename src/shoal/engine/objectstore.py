@@ -31,7 +31,7 @@ from typing import ClassVar
 
 import crc32c
 
-from shoal.engine.blockstore import BlockStore, while_writing
+from shoal.engine.blockstore import BlockStore, physical_block, while_writing
 from shoal.engine.commit import GroupCommitter, Outcome, Piece, committed
 from shoal.engine.device import BlockDevice
 from shoal.engine.freelist import Extent, FreeList
@@ -561,7 +561,7 @@ class ObjectStore:
                 crcs, digest = while_writing(
                     len(mv),
                     lambda: (block_crcs(mv, self.block_size), KeyGen.hash(mv)),
-                    lambda: self.blocks.write_extents(change.extents, mv),
+                    lambda: self.blocks.write_runs(change.extents, 0, mv),
                 )
             except BaseException:
                 self.placer.release(change.extents)
@@ -659,12 +659,7 @@ class ObjectStore:
                     buf = self._patched_blocks(cur, old, lo, hi, offset, mv)
                 except IntegrityError:
                     # Unless the object is unchanged, its old blocks were reused under us.
-                    fresh = self.keys.get(namespace, name)
-                    if (
-                        cur is not None
-                        and fresh is not None
-                        and (fresh.uuid, fresh.version) == (cur.uuid, cur.version)
-                    ):
+                    if cur is not None and cur.same_revision(self.keys.get(namespace, name)):
                         raise
                     continue
                 extents = self.placer.place(hi - lo)
@@ -790,7 +785,7 @@ class ObjectStore:
                 fresh = self.keys.get(namespace, name)
                 if fresh is None:
                     raise NotFound(f"{namespace}/{name} not found") from None
-                if fresh.version == rec.version and fresh.uuid == rec.uuid:
+                if rec.same_revision(fresh):
                     raise
                 rec = fresh
         raise Conflict(f"{namespace}/{name} kept changing while being read")
@@ -810,7 +805,7 @@ class ObjectStore:
         rec = self._cache.get((namespace, name))
         if rec is None or not self._nowait:
             return None
-        offset, length = self._range(rec, offset, length)
+        offset, length = self.clip(rec, offset, length)
         if length > _NOWAIT_MAX:
             return None
         bs = self.block_size
@@ -840,25 +835,25 @@ class ObjectStore:
         read into `buf` (big enough for the blocks that cover them) and verified: a view of
         `buf`. For streaming with reused buffers. Raises Conflict if the object changed since
         `rec` (its blocks may be someone else's now), IntegrityError if it did not."""
-        offset, length = self._range(rec, offset, length)
+        offset, length = self.clip(rec, offset, length)
         bs = self.block_size
         lo, hi = offset // bs, -(-(offset + length) // bs)
         mv = memoryview(buf)[: (hi - lo) * bs]
         self.blocks.read_raw_into(rec.manifest, lo, hi, mv)
         bad = self.blocks.bad_blocks(rec.manifest, lo, mv)
         if bad:
-            fresh = self.keys.get(rec.namespace, rec.name)
-            if fresh is None or (fresh.uuid, fresh.version) != (rec.uuid, rec.version):
+            if not rec.same_revision(self.keys.get(rec.namespace, rec.name)):
                 raise Conflict(f"{rec.namespace}/{rec.name} changed while being read")
             raise IntegrityError(
-                f"{rec.namespace}/{rec.name}: block {bad[0]} does not match its checksum "
+                f"{rec.namespace}/{rec.name}: block {bad[0]} (device block "
+                f"{physical_block(rec.manifest, bad[0])}) does not match its checksum "
                 f"({len(bad)} bad block(s) read)"
             )
         skip = offset - lo * bs
         return mv[skip : skip + length]
 
     def _read(self, rec: Record, offset: int, length: int | None) -> memoryview:
-        offset, length = self._range(rec, offset, length)
+        offset, length = self.clip(rec, offset, length)
         if length == 0:
             return memoryview(b"")
         bs = self.block_size
@@ -871,10 +866,6 @@ class ObjectStore:
     def clip(rec: Record, offset: int, length: int | None) -> tuple[int, int]:
         """(offset, length) of a read of `rec` clipped to its end; an offset past the end or
         a negative value is InvalidArgument."""
-        return ObjectStore._range(rec, offset, length)
-
-    @staticmethod
-    def _range(rec: Record, offset: int, length: int | None) -> tuple[int, int]:
         if offset < 0 or (length is not None and length < 0):
             raise InvalidArgument("offset and length must be >= 0")
         if offset > rec.size:
@@ -897,20 +888,15 @@ class ObjectStore:
         """The object's bytes as verified chunks of about `chunk` bytes, for streaming a large
         object without holding it whole. Raises Conflict if it changes mid-stream."""
         rec = self._record(namespace, name)
-        offset, length = self._range(rec, offset, length)
+        offset, length = self.clip(rec, offset, length)
         end = offset + length
         bs = self.block_size
         step = max(bs, chunk - chunk % bs)
         pos = offset
         while pos < end:
             nxt = min(end, (pos // bs) * bs + step)
-            try:
-                yield self._read(rec, pos, nxt - pos)
-            except IntegrityError:
-                fresh = self.keys.get(namespace, name)
-                if fresh is None or fresh.version != rec.version or fresh.uuid != rec.uuid:
-                    raise Conflict(f"{namespace}/{name} changed while being read") from None
-                raise
+            blocks = -(-nxt // bs) - pos // bs
+            yield self.read_into(rec, pos, nxt - pos, bytearray(blocks * bs))
             pos = nxt
 
     def list(
