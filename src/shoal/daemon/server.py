@@ -56,6 +56,11 @@ BLOCK = 4096
 T = TypeVar("T")
 
 
+def _piece_end(pos: int, end: int) -> int:
+    """Where the streamed piece that starts at byte `pos` ends: a PIECE from its block."""
+    return min(end, pos - pos % BLOCK + PIECE)
+
+
 def record_meta(rec: Record) -> dict[str, Any]:
     return {
         "namespace": rec.namespace,
@@ -444,7 +449,7 @@ class _Connection(asyncio.Protocol):
                 for _ in range(3):
                     rec = store.stat(name, namespace=ns)
                     off, n = store.clip(rec, want_offset, want_length)
-                    stop = off + n if n <= SMALL else min(off + n, off - off % BLOCK + PIECE)
+                    stop = off + n if n <= SMALL else _piece_end(off, off + n)
                     try:
                         return rec, off, n, store.read_into(rec, off, stop - off, buf)
                     except Conflict:
@@ -474,7 +479,7 @@ class _Connection(asyncio.Protocol):
         end = offset + length
 
         def read(pos: int, into: bytearray) -> memoryview:
-            stop = min(end, pos - pos % BLOCK + PIECE)
+            stop = _piece_end(pos, end)
             return store.read_into(rec, pos, stop - pos, into)
 
         async with self.send_lock:
