@@ -550,6 +550,11 @@ PHASES = [  # (phase, op, object size, what, unit key, goal); run in this order
 TABLE_ORDER = ["get4m", "put4m", "get4k", "put4k"]
 
 
+def ran(fig: dict[str, dict[str, list[Any]]]) -> list[str]:
+    """The phases that ran, in table order."""
+    return [phase for phase in TABLE_ORDER if phase in fig["shoal"]]
+
+
 def subset(names: Sequence[str], n: int, seed: int) -> list[str]:
     names = list(names)
     random.Random(seed).shuffle(names)
@@ -603,11 +608,15 @@ class NginxSide:
         return res
 
 
-def bench(shoal: ShoalSide, nginx: NginxSide, p: Params) -> dict[str, dict[str, list[Any]]]:
+def bench(
+    shoal: ShoalSide, nginx: NginxSide, p: Params, phases: list[str]
+) -> dict[str, dict[str, list[Any]]]:
     """Each phase four times, shoal and nginx alternating (ABBA), so that a burst of other
     work on the machine or a slow drift hits both."""
     fig: dict[str, dict[str, list[Any]]] = {"shoal": {}, "nginx": {}}
     for phase, op, size, *_ in PHASES:
+        if phase not in phases:
+            continue
         inflight = p.small_inflight if size == SMALL else p.big_inflight
         log(f"{phase}: shoal, nginx, nginx, shoal ({p.seconds:g} s each, {inflight} in flight)")
         for i, side in enumerate((shoal, nginx, nginx, shoal)):
@@ -626,7 +635,7 @@ def avg(rounds: list[dict[str, Any]], key: str) -> float:
 def rows(fig: dict[str, dict[str, list[Any]]]) -> list[dict[str, Any]]:
     out = []
     spec = {ph[0]: ph for ph in PHASES}
-    for phase in TABLE_ORDER:
+    for phase in ran(fig):
         _, _, _, what, key, goal = spec[phase]
         s, n = fig["shoal"][phase], fig["nginx"][phase]
         ratio = avg(s, key) / avg(n, key)
@@ -655,7 +664,7 @@ def cpu_table(fig: dict[str, dict[str, list[Any]]], ncpu: int) -> str:
             f"{'(1 proc)':>9}{'us/op':>7}{'total':>7}{'kernel':>8}{'others':>8}"
             f"  of {ncpu} cores")  # fmt: skip
     out = [head, "-" * len(head)]
-    for phase in TABLE_ORDER:
+    for phase in ran(fig):
         for name in ("shoal", "nginx"):
             rs = fig[name][phase]
             sv, gen, oth = avg(rs, "server_cores"), avg(rs, "loadgen_cores"), avg(rs, "other_cores")
@@ -672,7 +681,7 @@ def bottleneck(fig: dict[str, dict[str, list[Any]]], ncpu: int) -> list[str]:
     """Who limits each figure, judged from the CPU accounting (a heuristic: the profile of the
     daemon is the evidence; see bench/README.md)."""
     notes = []
-    for phase in TABLE_ORDER:
+    for phase in ran(fig):
         s, n = fig["shoal"][phase], fig["nginx"][phase]
         sv, loop = avg(s, "server_cores"), avg(s, "server_loop_thread_cores")
         gen, one = avg(s, "loadgen_cores"), avg(s, "loadgen_max_process_cores")
@@ -740,6 +749,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="drive shoal through the client's connections (default: cheapest "
         "for the shared CPU) or through AsyncClient (pool, timeout per request)",
     )
+    ap.add_argument(
+        "--only",
+        choices=["4k", "4m"],
+        help="only the phases of this object size (for a quick look; results are still saved)",
+    )
     args = ap.parse_args(argv)  # fmt: skip
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
@@ -768,6 +782,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ShoalSide(drv, CpuMeter(daemon.pid, loop_thread=True), p),
             NginxSide(ngx, CpuMeter(ngx.proc.pid, loop_thread=False), p),
             p,
+            [ph for ph, *_ in PHASES if args.only is None or ph.endswith(args.only)],
         )
     finally:
         if drv is not None:

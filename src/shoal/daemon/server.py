@@ -7,10 +7,11 @@ connection; each reply carries its request id.
 
 Payloads: a small PUT is gathered and stored with one `put` (so concurrent small PUTs share
 the engine's group commit); a large one streams to an engine writer in pieces of a few MiB
-while reading from the socket is paused, so it is never held whole. A GET streams verified
-chunks from the engine to the socket, each read once into memory and written from there. A
-checksum failure in the middle of a streamed GET closes the connection: the client sees a
-short payload, never a wrong byte.
+while reading from the socket is paused, so it is never held whole. A GET reads each piece
+once into a reused buffer and verifies it there; a large reply is then written to the socket
+from that buffer by the same thread (uvloop keeps the GIL while it writes, so the event loop
+would otherwise spend its time copying). A checksum failure in the middle of a streamed GET
+closes the connection: the client sees a short payload, never a wrong byte.
 
 Bad input closes only the connection it came on: a frame that is not ours, an oversized
 frame, a payload cut short by a dropped connection (the half-written object is aborted:
@@ -23,8 +24,12 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
+import socket
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from shoal.engine import ObjectStore, ObjectWriter, ObjKey, Record
@@ -52,8 +57,11 @@ POOL_BUFFERS = 8  # free streaming buffers kept (x PIECE bytes)
 BATCHED_PUT = 64 << 10  # PUTs up to this size are gathered into batches ...
 PUT_BATCHES = 2  # ... of which this many commit at once (the engine pipelines two groups)
 MAX_BATCH = 256
+DIRECT = 64 << 10  # GET replies larger than this are written to the socket by a thread
+SEND_TIMEOUT = 120.0  # a client that takes no bytes for this long is dropped
 BLOCK = 4096
 T = TypeVar("T")
+_local = threading.local()  # a buffer per thread for GETs where the device cannot be mapped
 
 
 def _piece_end(pos: int, end: int) -> int:
@@ -208,6 +216,14 @@ class Daemon:
         raise InvalidArgument(f"unknown operation {op}")
 
 
+@dataclass(frozen=True, slots=True)
+class _GetRequest:
+    namespace: str
+    name: str
+    offset: int
+    length: int | None
+
+
 class _Upload:
     """The payload of one PUT or WRITE_AT, as it arrives."""
 
@@ -332,11 +348,14 @@ class _Connection(asyncio.Protocol):
         self.paused: set[str] = set()
         self.closed = False
         self._inflight: list[bytearray] = []  # buffers handed to the transport
+        self._fileno = -1
+        self.direct: socket.socket | None = None  # a thread is writing a reply to this
 
     # -- transport callbacks ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._fileno = transport.get_extra_info("socket").fileno()
         self.daemon.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -388,8 +407,7 @@ class _Connection(asyncio.Protocol):
                 return
             self.upload = upload
         elif h.op == Op.GET:
-            if not self._get_now(h, ev.meta):
-                self._spawn(self._get(h, ev.meta))
+            self._get_start(h, ev.meta)
         else:
             self._spawn(self._reply(h, self.daemon.handle(h.op, ev.meta)))
 
@@ -415,94 +433,140 @@ class _Connection(asyncio.Protocol):
         head = encode(h.op, h.request_id, meta, size, response=True)
         await self._send(head, payload)
 
-    def _get_now(self, h: Header, meta: dict[str, Any]) -> bool:
-        """Answer a GET right here, without a thread, if the engine can do it without waiting
-        for the disk (a hot, small object). False: take the long way."""
-        if self.send_lock.locked():  # a streamed reply is under way: do not cut into it
-            return False
+    def _get_start(self, h: Header, meta: dict[str, Any]) -> None:
+        """Route a GET: a hot small object is answered right here, from the page cache,
+        without a thread; a large one whose record is cached goes straight to the thread that
+        sends it (`_get_large`); anything else takes one trip to a thread to find out (`_get`)."""
+        store = self.daemon.store
         try:
-            hit = self.daemon.store.get_cached(
+            req = _GetRequest(
+                _str(meta, "namespace", "default"),
                 _str(meta, "name"),
-                namespace=_str(meta, "namespace", "default"),
-                offset=_int(meta, "offset", 0),
-                length=_opt_int(meta, "length"),
+                _int(meta, "offset", 0),
+                _opt_int(meta, "length"),
+            )
+            rec = store.cached(req.name, namespace=req.namespace)
+            if rec is not None and store.clip(rec, req.offset, req.length)[1] > DIRECT:
+                self._spawn(self._get_large(h, req))
+                return
+            if self.send_lock.locked():  # a reply is under way: do not cut into it
+                self._spawn(self._get(h, req))
+                return
+            hit = store.get_cached(
+                req.name, namespace=req.namespace, offset=req.offset, length=req.length
             )
         except ShoalError as exc:
-            self._send_now(encode_error(h.op, h.request_id, exc))
-            return True
+            self._spawn(self._send(encode_error(h.op, h.request_id, exc)))
+            return
         if hit is None:
-            return False
+            self._spawn(self._get(h, req))
+            return
         rec, data = hit
         self._send_now(encode(h.op, h.request_id, record_meta(rec), len(data), response=True), data)
-        return True
 
-    async def _get(self, h: Header, meta: dict[str, Any]) -> None:
-        """A GET the event loop could not answer at once: one trip to a thread finds the
-        object and reads it (a small one whole, a large one's first piece)."""
+    async def _get(self, h: Header, req: _GetRequest) -> None:
+        """A GET the event loop could not answer at once: a thread finds the object and, if it
+        is small, reads it; the reply goes out through the transport. A large one goes on to
+        `_get_large`."""
         store = self.daemon.store
         buf = self._buffer()
         try:
-            ns, name = _str(meta, "namespace", "default"), _str(meta, "name")
-            want_offset, want_length = _int(meta, "offset", 0), _opt_int(meta, "length")
 
-            def fetch() -> tuple[Record, int, int, memoryview]:
+            def fetch() -> tuple[Record, int, memoryview | None]:
                 for _ in range(3):
-                    rec = store.stat(name, namespace=ns)
-                    off, n = store.clip(rec, want_offset, want_length)
-                    stop = off + n if n <= SMALL else _piece_end(off, off + n)
+                    rec = store.stat(req.name, namespace=req.namespace)
+                    off, n = store.clip(rec, req.offset, req.length)
+                    if n > DIRECT:
+                        return rec, n, None
                     try:
-                        return rec, off, n, store.read_into(rec, off, stop - off, buf)
+                        return rec, n, store.read_into(rec, off, n, buf)
                     except Conflict:
                         continue  # overwritten meanwhile: read the new one
-                raise Conflict(f"{ns}/{name} kept changing while being read")
+                raise Conflict(f"{req.namespace}/{req.name} kept changing while being read")
 
-            rec, offset, length, chunk = await self.daemon.run(fetch)
+            rec, length, chunk = await self.daemon.run(fetch)
         except ShoalError as exc:
-            self._inflight.append(buf)
+            self._give_back(buf)
             await self._send(encode_error(h.op, h.request_id, exc))
             return
-        if len(chunk) == length:
-            async with self.send_lock:
-                head = encode(h.op, h.request_id, record_meta(rec), length, response=True)
-                self._send_now(head, chunk)
-                self._inflight.append(buf)
-                await self.writable.wait()
+        if chunk is None:
+            self._give_back(buf)
+            await self._get_large(h, req)
             return
-        await self._stream(h, rec, offset, length, chunk, buf)
-
-    async def _stream(
-        self, h: Header, rec: Record, offset: int, length: int, chunk: memoryview, buf: bytearray
-    ) -> None:
-        """A large GET, its first piece read: the next pieces are read into reused buffers,
-        each while the one before it is being sent."""
-        daemon, store = self.daemon, self.daemon.store
-        end = offset + length
-
-        def read(pos: int, into: bytearray) -> memoryview:
-            stop = _piece_end(pos, end)
-            return store.read_into(rec, pos, stop - pos, into)
-
         async with self.send_lock:
-            self._send_now(encode(h.op, h.request_id, record_meta(rec), length, response=True))
-            pos = offset
-            while not self.closed:
-                pos += len(chunk)
-                ahead = None
-                if pos < end:  # read the next piece while this one is sent
-                    nbuf = self._buffer()
-                    ahead = asyncio.ensure_future(daemon.run(read, pos, nbuf))
-                self._send_now(chunk)
-                self._inflight.append(buf)
+            head = encode(h.op, h.request_id, record_meta(rec), length, response=True)
+            self._send_now(head, chunk)
+            self._give_back(buf, sent=True)
+            await self.writable.wait()
+
+    async def _get_large(self, h: Header, req: _GetRequest) -> None:
+        """A GET of more than DIRECT bytes: once the socket is free, a thread sends it
+        (`_send_direct`) on a duplicate of the socket's descriptor, which it closes."""
+        async with self.send_lock:
+            if not await self._drained():
+                return
+            self.direct = socket.socket(fileno=os.dup(self._fileno))
+            try:
+                await self.daemon.run(self._send_direct, h, req, self.direct)
+            except ShoalError as exc:  # a block went bad mid-stream
+                log.error("closing connection mid-GET of %s/%s: %s", req.namespace, req.name, exc)
+                self.close()  # a short payload, never a wrong one
+            except OSError as exc:  # the client went away, or stopped reading
+                log.info("GET of %s/%s to %s cut short: %s", req.namespace, req.name,
+                         self._peer(), exc)  # fmt: skip
+                self.close()
+            finally:
+                self.direct = None
+
+    def _send_direct(self, h: Header, req: _GetRequest, sock: socket.socket) -> None:
+        """(In a thread, which has the socket to itself.) Answer a GET of a large object: each
+        piece is verified in the page cache and written to the socket from there, so its bytes
+        are copied once, by the kernel. The blocks stay pinned until the last byte is sent: an
+        overwrite meanwhile cannot hand them to another object. The socket's calls let go of
+        the GIL. An error before the first byte is the reply; after it, it closes the
+        connection (the caller's part)."""
+        store = self.daemon.store
+        with sock, store.pinned():
+            sock.settimeout(SEND_TIMEOUT)
+            try:
+                rec = store.stat(req.name, namespace=req.namespace)
+                pos, length = store.clip(rec, req.offset, req.length)
+                end = pos + length
+                views = self._piece(rec, pos, end)
+            except ShoalError as exc:
+                sock.sendall(encode_error(h.op, h.request_id, exc))
+                return
+            sock.sendall(encode(h.op, h.request_id, record_meta(rec), length, response=True))
+            while True:
+                start = pos
+                for view in views:
+                    sock.sendall(view)
+                    pos += len(view)
+                store.unmap(rec, start, pos - start)
+                if pos >= end or self.closed:
+                    return
+                views = self._piece(rec, pos, end)
+
+    def _piece(self, rec: Record, pos: int, end: int) -> list[memoryview]:
+        """The verified bytes of the streamed piece of `rec` that starts at `pos`."""
+        store, stop = self.daemon.store, _piece_end(pos, end)
+        views = store.read_mapped(rec, pos, stop - pos)
+        if views is None:  # no mapping here: read into this thread's buffer
+            buf = getattr(_local, "buf", None) or bytearray(PIECE + BLOCK)
+            _local.buf = buf
+            views = [store.read_into(rec, pos, stop - pos, buf)]
+        return views
+
+    async def _drained(self) -> bool:
+        """Wait until the transport has handed everything it holds to the socket, so that a
+        thread can write to the socket itself. False if the connection closed meanwhile."""
+        transport = self.transport
+        while not self.closed and transport is not None and transport.get_write_buffer_size():
+            if self.writable.is_set():
+                await asyncio.sleep(0.0005)  # below the high-water mark: no event will say
+            else:
                 await self.writable.wait()
-                if ahead is None:
-                    return
-                try:
-                    chunk, buf = await ahead, nbuf
-                except ShoalError as exc:
-                    log.error("closing connection mid-GET of %s: %s", rec.name, exc)
-                    self._inflight.append(nbuf)
-                    self.close()  # a short payload, never a wrong one
-                    return
+        return not self.closed and transport is not None
 
     def _buffer(self) -> bytearray:
         """A PIECE-sized buffer: one the socket has finished with, or a new one."""
@@ -513,14 +577,21 @@ class _Connection(asyncio.Protocol):
             self._inflight.clear()
         return pool.pop() if pool else bytearray(PIECE)
 
+    def _give_back(self, buf: bytearray, *, sent: bool = False) -> None:
+        """`buf` is no longer needed here; if `sent`, the transport may still hold it."""
+        if sent:
+            self._inflight.append(buf)
+        elif len(self.daemon.buffers) < POOL_BUFFERS:
+            self.daemon.buffers.append(buf)
+
     async def _send(self, head: bytes, payload: Any = None) -> None:
         async with self.send_lock:
             self._send_now(head, payload)
             await self.writable.wait()
 
     def _send_now(self, head: bytes | memoryview, payload: Any = None) -> None:
-        if self.transport is None or self.closed:
-            return
+        if self.transport is None or self.closed or self.direct is not None:
+            return  # (a thread is writing a reply: nothing may cut into it)
         if payload is not None and len(payload):
             self.transport.writelines([head, payload])
         else:
@@ -559,6 +630,9 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.close()
         self.closed = True
+        if self.direct is not None:  # the thread writing to it stops at once
+            with contextlib.suppress(OSError):
+                self.direct.shutdown(socket.SHUT_RDWR)
 
     def _peer(self) -> str:
         peer = self.transport.get_extra_info("peername") if self.transport else None

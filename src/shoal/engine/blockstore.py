@@ -8,6 +8,8 @@ overwritten), padded with zeros to whole blocks.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import mmap
 import threading
 from array import array
@@ -25,6 +27,7 @@ from shoal.errors import IntegrityError
 _DIRECT_MIN = 256 << 10  # pieces this large bypass the page cache, checksummed meanwhile
 _DIRECT_CHUNK = 4 << 20
 _IOV_MAX = 1024
+_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14
 Data = bytes | memoryview
 T = TypeVar("T")
 _local = threading.local()
@@ -66,6 +69,69 @@ class BlockStore:
     def __init__(self, device: BlockDevice) -> None:
         self.device = device
         self.bs = device.block_size
+        self._map: mmap.mmap | None = None
+        self._mapview: memoryview | None = None
+        self._map_lock = threading.Lock()
+        self.mappable = True
+
+    def close(self) -> None:
+        """Unmap the device (after the last reader of a mapped view is done)."""
+        with self._map_lock:
+            view, mapping, self._mapview, self._map = self._mapview, self._map, None, None
+            if view is not None:
+                view.release()
+            if mapping is not None:
+                with contextlib.suppress(BufferError):  # a view is still out: it unmaps last
+                    mapping.close()
+
+    def mapped(self, manifest: Manifest, lo: int, hi: int) -> list[memoryview] | None:
+        """Logical blocks [lo, hi) as views of a read-only shared mapping of the device (the
+        page cache itself, no copy), unverified, their pages read in; holes as zeros. None if
+        the device cannot be mapped here (then `read_raw_into`). A read error of the device
+        is an IntegrityError, not a SIGBUS later: the pages are read in up front."""
+        view = self._mapview if self._mapview is not None else self._mapping()
+        if view is None:
+            return None
+        bs = self.bs
+        out = []
+        for _, start, count in manifest.runs(lo, hi):
+            if start == HOLE:
+                out.append(memoryview(bytes(count * bs)))
+                continue
+            try:
+                self._map.madvise(_POPULATE_READ, start * bs, count * bs)  # type: ignore[union-attr]
+            except OSError as exc:
+                if exc.errno in (errno.EINVAL, errno.ENOSYS):  # an older kernel
+                    self.mappable = False
+                    return None
+                raise IntegrityError(
+                    f"device blocks {start}..{start + count - 1} could not be read: {exc}"
+                ) from exc
+            out.append(view[start * bs : (start + count) * bs])
+        return out
+
+    def unmap(self, manifest: Manifest, lo: int, hi: int) -> None:
+        """Drop this process's page-table entries for logical blocks [lo, hi) after a
+        `mapped` read (the pages stay in the page cache): the daemon's resident size stays
+        its own memory, not every object it has sent."""
+        mapping, bs = self._map, self.bs
+        if mapping is None:
+            return
+        for _, start, count in manifest.runs(lo, hi):
+            if start != HOLE:
+                mapping.madvise(mmap.MADV_DONTNEED, start * bs, count * bs)
+
+    def _mapping(self) -> memoryview | None:
+        with self._map_lock:
+            if self._mapview is None and self.mappable:
+                size = self.device.block_count * self.bs
+                try:
+                    self._map = mmap.mmap(self.device.fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+                except (OSError, ValueError):
+                    self.mappable = False
+                    return None
+                self._mapview = memoryview(self._map)
+            return self._mapview
 
     def write(self, extents: list[Extent], data: bytes | bytearray | memoryview) -> array[int]:
         """Write `data` over `extents` (in logical order, enough blocks for it; a short last

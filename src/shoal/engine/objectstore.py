@@ -25,9 +25,10 @@ import time
 import uuid as uuidlib
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import ClassVar
+from typing import ClassVar, NoReturn
 
 import crc32c
 
@@ -38,6 +39,7 @@ from shoal.engine.freelist import Extent, FreeList
 from shoal.engine.keys import Hasher, KeyGen, ObjKey
 from shoal.engine.keystore import FLAG_PERMANENT, REF_SIZE, KeyStore, Record, check_name
 from shoal.engine.manifest import HOLE, Manifest, block_crcs
+from shoal.engine.pins import Pins
 from shoal.engine.placer import Placer
 from shoal.errors import (
     Conflict,
@@ -52,6 +54,7 @@ from shoal.errors import (
 
 DEFAULT_NAMESPACE = "default"
 _CACHE_SIZE = 65536
+_SPAN_CACHE = 65536  # spans of >= 64 blocks whose crc32c is known (x ~200 bytes)
 _LOCK_STRIPES = 256
 _NOWAIT_MAX = 256 << 10  # get_cached serves at most this much without a thread
 MAX_OBJECT_SIZE = 1 << 36  # 64 GiB: one object's manifest stays a few MiB at most
@@ -361,6 +364,7 @@ class ObjectStore:
         self.blocks = BlockStore(device)
         self.problems: list[str] = []
         self.placer = Placer(self._rebuild_freelist(), device.block_size)
+        self.pins = Pins(self.placer.release)  # blocks a commit frees are retired through it
         self._committer = GroupCommitter(
             keys, self.blocks.write_gathered, device.flush, self._after_commit
         )
@@ -374,6 +378,9 @@ class ObjectStore:
         self._cache_size = cache_size
         self._cache_gen = 0
         self._cache_lock = threading.Lock()
+        # (uuid, version, first block, end block) -> crc32c of those blocks, verified block by
+        # block once: a span read again (a hot large object) is verified by one crc call.
+        self._span_crcs: dict[tuple[bytes, int, int, int], int] = {}
         self._obj_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -418,6 +425,7 @@ class ObjectStore:
             raise
 
     def close(self) -> None:
+        self.blocks.close()
         self.keys.close()
         self.device.close()
 
@@ -464,7 +472,7 @@ class ObjectStore:
                 self.placer.release(change.extents)
             raise
         if not isinstance(change, _Delete):  # a delete frees after its optional zeroing
-            self.placer.release(out.freed)
+            self.pins.retire(out.freed)
         return out
 
     def _after_commit(self, outcomes: list[Outcome]) -> None:
@@ -603,7 +611,7 @@ class ObjectStore:
         fatal: BaseException | None = None
         for (i, change), out in zip(changes, outcomes, strict=True):
             if isinstance(out, Outcome):
-                self.placer.release(out.freed)
+                self.pins.retire(out.freed)
                 results[i] = change.record.key
                 continue
             if committed(out) is False:
@@ -716,13 +724,15 @@ class ObjectStore:
         (and that made durable) before they can be given to another object."""
         check_name(namespace, name)
         out = self._commit(_Delete(namespace, name))
-        try:
-            self.blocks.release_blocks(out.freed, zero=zero, discard=discard)
-        except OSError as exc:
-            # The blocks stay allocated (until reopen); a failed flush stops all writing.
-            self._committer.failed = f"zeroing freed blocks failed ({exc}); reopen the store"
-            raise StoreFailed(self._committer.failed) from exc
-        self.placer.release(out.freed)
+        if zero or discard:
+            self.pins.wait_readers()  # not under a reader sending them from the page cache
+            try:
+                self.blocks.release_blocks(out.freed, zero=zero, discard=discard)
+            except OSError as exc:
+                # The blocks stay allocated (until reopen); a failed flush stops all writing.
+                self._committer.failed = f"zeroing freed blocks failed ({exc}); reopen the store"
+                raise StoreFailed(self._committer.failed) from exc
+        self.pins.retire(out.freed)
         assert out.previous is not None
         return out.previous
 
@@ -790,6 +800,10 @@ class ObjectStore:
                 rec = fresh
         raise Conflict(f"{namespace}/{name} kept changing while being read")
 
+    def cached(self, name: str, *, namespace: str = DEFAULT_NAMESPACE) -> Record | None:
+        """The object's record if it is in the record cache (no I/O, for an event loop)."""
+        return self._cache.get((namespace, name))
+
     def get_cached(
         self,
         name: str,
@@ -842,15 +856,70 @@ class ObjectStore:
         self.blocks.read_raw_into(rec.manifest, lo, hi, mv)
         bad = self.blocks.bad_blocks(rec.manifest, lo, mv)
         if bad:
-            if not rec.same_revision(self.keys.get(rec.namespace, rec.name)):
-                raise Conflict(f"{rec.namespace}/{rec.name} changed while being read")
-            raise IntegrityError(
-                f"{rec.namespace}/{rec.name}: block {bad[0]} (device block "
-                f"{physical_block(rec.manifest, bad[0])}) does not match its checksum "
-                f"({len(bad)} bad block(s) read)"
-            )
+            self._bad(rec, bad)
         skip = offset - lo * bs
         return mv[skip : skip + length]
+
+    def _bad(self, rec: Record, bad: list[int]) -> NoReturn:
+        """Blocks `bad` of `rec` failed their checksums: Conflict if the object changed since
+        `rec` was looked up (its blocks may be someone else's now), IntegrityError if not."""
+        if not rec.same_revision(self.keys.get(rec.namespace, rec.name)):
+            raise Conflict(f"{rec.namespace}/{rec.name} changed while being read")
+        raise IntegrityError(
+            f"{rec.namespace}/{rec.name}: block {bad[0]} (device block "
+            f"{physical_block(rec.manifest, bad[0])}) does not match its checksum "
+            f"({len(bad)} bad block(s) read)"
+        )
+
+    def pinned(self) -> AbstractContextManager[None]:
+        """While this is held, no block of any object as it is now is freed (an overwrite or
+        a delete retires the old blocks until it exits). Take it before looking an object up
+        for `read_mapped`; hold it for seconds at most (frees wait for it)."""
+        return self.pins.held()
+
+    def read_mapped(self, rec: Record, offset: int, length: int) -> list[memoryview] | None:
+        """Bytes [offset, offset + length) of the object as `rec` describes it, verified, as
+        views of the page cache (a read-only mapping of the device): nothing copied. Only
+        under `pinned()`, with `rec` looked up under that pin; the views are good while it is
+        held. None if the device cannot be mapped here (use `read_into`)."""
+        offset, length = self.clip(rec, offset, length)
+        bs = self.block_size
+        lo, hi = offset // bs, -(-(offset + length) // bs)
+        views = self.blocks.mapped(rec.manifest, lo, hi)
+        if views is None:
+            return None
+        span = (rec.uuid, rec.version, lo, hi) if len(views) == 1 and hi - lo >= 64 else None
+        want = self._span_crcs.get(span) if span is not None else None
+        if want is None or _crc(views[0]) != want:
+            block, bad = lo, []
+            for v in views:
+                bad += self.blocks.bad_blocks(rec.manifest, block, v)
+                block += len(v) // bs
+            if bad:
+                self._bad(rec, bad)
+            if span is not None:  # next time, one call (that lets go of the GIL) verifies it
+                with self._cache_lock:
+                    self._span_crcs[span] = _crc(views[0])
+                    if len(self._span_crcs) > _SPAN_CACHE:
+                        del self._span_crcs[next(iter(self._span_crcs))]
+        skip, out = offset - lo * bs, []
+        for v in views:  # trimmed to [offset, offset + length)
+            if skip >= len(v):
+                skip -= len(v)
+                continue
+            v, skip = v[skip : skip + length], 0
+            out.append(v)
+            length -= len(v)
+            if not length:
+                break
+        return out
+
+    def unmap(self, rec: Record, offset: int, length: int) -> None:
+        """After a `read_mapped` of the same range, once its views are no longer used: the
+        pages leave this process's resident set (they stay in the page cache)."""
+        offset, length = self.clip(rec, offset, length)
+        bs = self.block_size
+        self.blocks.unmap(rec.manifest, offset // bs, -(-(offset + length) // bs))
 
     def _read(self, rec: Record, offset: int, length: int | None) -> memoryview:
         offset, length = self.clip(rec, offset, length)
