@@ -1,0 +1,243 @@
+"""Placement: which daemons hold an object, computed by anyone holding the map.
+
+    pg     = stable_mod(hash64(namespace, name), pg_num)
+    acting = the top `replicas` daemons by straw2 score among the daemons that are in, at most
+             one per failure domain (host), best first (the first is the PG's primary)
+
+Straw2 (weighted rendezvous): daemon d draws u = hash(pool, pg, d) in (0, 1] and scores
+ln(u) / weight(d); the highest score wins. A daemon's chance of winning is its share of the
+weight, and a change of one daemon (added, removed, reweighted) only moves PGs to or from
+that daemon.
+
+Every node must compute the same answer, so the score is integer arithmetic only: a 64-bit
+mixing hash, a fixed-point log2 (a table of log2(1 + i/4096) made with the decimal module,
+which rounds the same everywhere, and linear interpolation), and a floor division by the
+16.16 weight. Ties (very rare) go to the lower daemon id, and between hosts to the host name
+that sorts first. numpy does the arithmetic for a whole table of PGs at once; `reference_acting`
+is the same rule written plainly, and the tests hold the two to each other.
+
+stable_mod is Ceph's: when pg_num grows, a PG's objects either stay or move to one new PG.
+"""
+
+from __future__ import annotations
+
+import functools
+from decimal import Decimal, localcontext
+from typing import Any
+
+import blake3
+import numpy as np
+
+from shoal.cluster.map import ClusterMap, Pool
+
+M64 = (1 << 64) - 1
+_FRAC = 24  # fractional bits of the fixed-point log2
+_TAB_BITS = 12
+_INTERP_BITS = 32 - _TAB_BITS
+_GOLDEN = 0x9E3779B97F4A7C15
+_CHUNK = 1 << 20  # score-matrix entries per numpy step (bounds memory)
+
+
+@functools.cache
+def _log2_table() -> tuple[int, ...]:
+    """floor(log2(1 + i / 4096) * 2**24) for i in 0..4096, exactly (decimal rounds the same
+    on every machine; a float log might not)."""
+    with localcontext() as ctx:
+        ctx.prec = 40
+        ln2 = Decimal(2).ln()
+        n = 1 << _TAB_BITS
+        return tuple(int((Decimal(n + i) / n).ln() / ln2 * (1 << _FRAC)) for i in range(n + 1))
+
+
+@functools.cache
+def _log2_array() -> np.ndarray[Any, np.dtype[np.int64]]:
+    return np.array(_log2_table(), dtype=np.int64)
+
+
+# -- hashes ----------------------------------------------------------------------------------
+
+
+def object_hash(namespace: str, name: str) -> int:
+    """64 bits of BLAKE3 of the object's namespace and name."""
+    h = blake3.blake3(namespace.encode() + b"\x00" + name.encode()).digest(8)
+    return int.from_bytes(h, "little")
+
+
+def stable_mod(x: int, b: int) -> int:
+    """x mod b, such that raising b moves each value either nowhere or to one new bucket."""
+    mask = (1 << (b - 1).bit_length()) - 1
+    return x & mask if (x & mask) < b else x & (mask >> 1)
+
+
+def pg_of(pool: Pool, namespace: str, name: str) -> int:
+    return stable_mod(object_hash(namespace, name), pool.pg_num)
+
+
+def fmix64(x: int) -> int:
+    """A 64-bit finaliser (splitmix64's): every input bit moves every output bit."""
+    x &= M64
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & M64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & M64
+    return x ^ (x >> 31)
+
+
+def _fmix64_np(x: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def pg_seed(pool_id: int, pg: int) -> int:
+    return fmix64((pool_id << 32) | pg)
+
+
+# -- scores ----------------------------------------------------------------------------------
+
+
+def log2_fixed(u: int) -> int:
+    """log2(u) * 2**24, rounded down (nearly), for 1 <= u <= 2**32."""
+    e = u.bit_length() - 1
+    x = u << (32 - e)  # in [2**32, 2**33)
+    idx = (x >> _INTERP_BITS) & ((1 << _TAB_BITS) - 1)
+    r = x & ((1 << _INTERP_BITS) - 1)
+    t = _log2_table()
+    return (e << _FRAC) + t[idx] + (((t[idx + 1] - t[idx]) * r) >> _INTERP_BITS)
+
+
+def score(seed: int, daemon_id: int, weight: int) -> int:
+    """The straw2 score of a daemon for the PG whose seed is `seed` (higher wins)."""
+    h = fmix64(seed ^ ((daemon_id * _GOLDEN) & M64))
+    ln = log2_fixed((h >> 32) + 1) - (32 << _FRAC)  # log2(u), u in (0, 1]: <= 0
+    return (ln << 16) // weight
+
+
+def _scores_np(
+    seeds: np.ndarray[Any, np.dtype[np.uint64]],
+    ids: np.ndarray[Any, np.dtype[np.uint64]],
+    weights: np.ndarray[Any, np.dtype[np.int64]],
+) -> np.ndarray[Any, np.dtype[np.int64]]:
+    """`score` for every (seed, daemon) pair: a (len(seeds), len(ids)) matrix."""
+    with np.errstate(over="ignore"):
+        h = _fmix64_np(seeds[:, None] ^ (ids * np.uint64(_GOLDEN))[None, :])
+    u = (h >> np.uint64(32)).astype(np.int64) + 1
+    _, e = np.frexp(u.astype(np.float64))  # exact: u < 2**53
+    e = e.astype(np.int64) - 1  # floor(log2(u))
+    x = u << (32 - e)
+    idx = (x >> _INTERP_BITS) & ((1 << _TAB_BITS) - 1)
+    r = x & ((1 << _INTERP_BITS) - 1)
+    t = _log2_array()
+    lo = t[idx]
+    ln = (e << _FRAC) + lo + (((t[idx + 1] - lo) * r) >> _INTERP_BITS) - (32 << _FRAC)
+    out: np.ndarray[Any, np.dtype[np.int64]] = np.floor_divide(ln << 16, weights[None, :])
+    return out
+
+
+# -- acting sets -------------------------------------------------------------------------------
+
+
+class PoolPlacement:
+    """Placement of one pool's PGs under one map: acting sets computed on demand and kept."""
+
+    def __init__(self, cmap: ClusterMap, pool: Pool) -> None:
+        self.epoch, self.pool = cmap.epoch, pool
+        cands = [d for d in cmap.candidates() if d.weight > 0]
+        self.ids = np.array([d.id for d in cands], dtype=np.uint64)
+        self.weights = np.array([d.weight for d in cands], dtype=np.int64)
+        self._id_list = [d.id for d in cands]
+        by_host = pool.failure_domain == "host"
+        keys = [d.host if by_host else str(d.id) for d in cands]
+        names = sorted(set(keys)) if by_host else keys
+        self.domain_names = names
+        index = {n: i for i, n in enumerate(names)}
+        self.domains = np.array([index[k] for k in keys], dtype=np.int64)
+        self._by_daemon = not by_host
+        self._sets: dict[int, tuple[int, ...]] = {}
+
+    def acting(self, pg: int) -> tuple[int, ...]:
+        """The daemon ids of PG `pg`, primary first (fewer than `replicas` if the map has
+        fewer failure domains)."""
+        got = self._sets.get(pg)
+        if got is None:
+            got = self._sets[pg] = tuple(int(x) for x in self.table([pg])[0] if x >= 0)
+        return got
+
+    def place(self, namespace: str, name: str) -> tuple[int, ...]:
+        return self.acting(pg_of(self.pool, namespace, name))
+
+    def table(self, pgs: list[int] | None = None) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """Acting sets of `pgs` (default: all), one row each, -1 where there is no daemon."""
+        pg_list = list(range(self.pool.pg_num)) if pgs is None else pgs
+        k, n = self.pool.replicas, len(self._id_list)
+        out = np.full((len(pg_list), k), -1, dtype=np.int64)
+        if n == 0:
+            return out
+        ids = np.array(self._id_list, dtype=np.int64)
+        step = max(1, _CHUNK // n)
+        for a in range(0, len(pg_list), step):
+            chunk = pg_list[a : a + step]
+            seeds = np.array([pg_seed(self.pool.id, pg) for pg in chunk], dtype=np.uint64)
+            s = _scores_np(seeds, self.ids, self.weights)
+            if self._by_daemon:
+                order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+            else:
+                order = self._best_per_domain(s, k)
+            out[a : a + len(chunk), : order.shape[1]] = np.where(order >= 0, ids[order], -1)
+        return out
+
+    def _best_per_domain(
+        self, s: np.ndarray[Any, np.dtype[np.int64]], k: int
+    ) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """Column indexes of the best daemon of each of the top-k domains, per row."""
+        n = s.shape[1]
+        nd = len(self.domain_names)
+        # order daemons by (domain, id): each domain is then one run of columns
+        cols = np.lexsort((np.arange(n), self.domains))
+        starts = np.flatnonzero(np.r_[True, np.diff(self.domains[cols]) != 0])
+        sd = s[:, cols]
+        best = np.maximum.reduceat(sd, starts, axis=1)  # (rows, nd)
+        ends = np.r_[starts[1:], n]
+        run_of = np.repeat(np.arange(nd), ends - starts)
+        is_best = sd == best[:, run_of]
+        pos = np.where(is_best, np.arange(n)[None, :], n)
+        first = np.minimum.reduceat(pos, starts, axis=1)  # first column at the max: lowest id
+        top = np.argsort(-best, axis=1, kind="stable")[:, :k]  # ties: domain name order
+        chosen = np.take_along_axis(first, top, axis=1)
+        result: np.ndarray[Any, np.dtype[np.int64]] = cols[chosen]
+        return result
+
+
+def reference_acting(cmap: ClusterMap, pool: Pool, pg: int) -> tuple[int, ...]:
+    """The placement rule written plainly, one PG at a time (for tests)."""
+    seed = pg_seed(pool.id, pg)
+    scored = [(score(seed, d.id, d.weight), d) for d in cmap.candidates() if d.weight > 0]
+    if pool.failure_domain == "daemon":
+        scored.sort(key=lambda sd: (-sd[0], sd[1].id))
+        return tuple(d.id for _, d in scored[: pool.replicas])
+    best: dict[str, tuple[int, int]] = {}
+    for sc, d in scored:
+        cur = best.get(d.host)
+        if cur is None or (sc, -d.id) > (cur[0], -cur[1]):
+            best[d.host] = (sc, d.id)
+    hosts = sorted(best, key=lambda h: (-best[h][0], h))
+    return tuple(best[h][1] for h in hosts[: pool.replicas])
+
+
+class Placer:
+    """Placement for every pool of one map, computed as needed."""
+
+    def __init__(self, cmap: ClusterMap) -> None:
+        self.map = cmap
+        self._pools: dict[str, PoolPlacement] = {}
+
+    def pool(self, name: str) -> PoolPlacement:
+        p = self._pools.get(name)
+        if p is None:
+            p = self._pools[name] = PoolPlacement(self.map, self.map.pool(name))
+        return p
+
+    def place(self, pool: str, namespace: str, name: str) -> tuple[int, ...]:
+        return self.pool(pool).place(namespace, name)
