@@ -17,12 +17,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from shoal import __version__
+from shoal.cli_cluster import add_cluster_options, add_commands
 from shoal.engine import ObjectStore, ObjKey, Record, check
 from shoal.engine.objectstore import DEFAULT_NAMESPACE
-from shoal.errors import ShoalError
+from shoal.errors import InvalidArgument, ShoalError
+
+if TYPE_CHECKING:
+    from shoal.client import AsyncClient
+    from shoal.client.cluster import ClusterClient
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 _CHUNK = 4 << 20
@@ -333,11 +338,26 @@ def _say(args: argparse.Namespace, text: str) -> None:
         print(text, file=sys.stderr)
 
 
-def cmd_write(args: argparse.Namespace) -> int:
+def _remote(args: argparse.Namespace) -> AsyncClient | ClusterClient:
+    """The client for a remote command: the daemon named by --storage-daemon (or
+    $SHOAL_DAEMON), else the cluster a config names (placement finds the daemons), else the
+    daemon at 127.0.0.1:4148."""
+    from shoal.cli_cluster import find_config
     from shoal.client import AsyncClient
+    from shoal.client.cluster import ClusterClient
 
+    address = args.storage_daemon or os.environ.get("SHOAL_DAEMON")
+    if address:
+        return AsyncClient(address)
+    cfg = find_config(args)
+    if cfg is None:
+        return AsyncClient("127.0.0.1:4148")
+    return ClusterClient(cfg.master, cfg.access_key, cfg.secret, ca=cfg.ca)
+
+
+def cmd_write(args: argparse.Namespace) -> int:
     async def go() -> ObjKey:
-        async with AsyncClient(args.storage_daemon) as c:
+        async with _remote(args) as c:
             if args.data_literal is not None:
                 return await c.put(args.pool, args.name, args.data_literal.encode())
             if args.file in (None, "-"):
@@ -355,12 +375,10 @@ def cmd_write(args: argparse.Namespace) -> int:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    from shoal.client import AsyncClient
-
     t0 = time.perf_counter()
 
     async def go() -> int:
-        async with AsyncClient(args.storage_daemon) as c:
+        async with _remote(args) as c:
             info = await c.stat(args.pool, args.name)  # before a file is made for nothing
             total = info.size - args.offset if args.length is None else args.length
             out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
@@ -390,10 +408,8 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 
 def cmd_remote_stat(args: argparse.Namespace) -> int:
-    from shoal.client import AsyncClient
-
     async def go() -> Any:
-        async with AsyncClient(args.storage_daemon) as c:
+        async with _remote(args) as c:
             return await c.stat(args.pool, args.name)
 
     info = _run_async(go())
@@ -413,10 +429,8 @@ def cmd_remote_stat(args: argparse.Namespace) -> int:
 
 
 def cmd_remote_rm(args: argparse.Namespace) -> int:
-    from shoal.client import AsyncClient
-
     async def go() -> None:
-        async with AsyncClient(args.storage_daemon) as c:
+        async with _remote(args) as c:
             await c.delete(args.pool, args.name)
 
     _run_async(go())
@@ -427,25 +441,38 @@ def cmd_remote_rm(args: argparse.Namespace) -> int:
 def cmd_remote_ls(args: argparse.Namespace) -> int:
     from shoal.client import AsyncClient
 
+    def show(info: Any) -> None:
+        if args.long:
+            h = info.hash.hex()[:16] if info.hash else "-"
+            print(f"{info.size:>14} {h:<16} v{info.version:<4} {info.name}")
+        else:
+            print(info.name)
+
     async def go() -> None:
-        async with AsyncClient(args.storage_daemon) as c:
+        async with _remote(args) as c:
+            if not isinstance(c, AsyncClient):  # a cluster: merged from every daemon
+                async for info in c.list(args.pool, args.prefix):
+                    if info.name > args.start_after:
+                        show(info)
+                return
             after: str | None = args.start_after
             while after is not None:
                 page, after = await c.list(args.pool, args.prefix, start_after=after)
                 for info in page:
-                    if args.long:
-                        h = info.hash.hex()[:16] if info.hash else "-"
-                        print(f"{info.size:>14} {h:<16} v{info.version:<4} {info.name}")
-                    else:
-                        print(info.name)
+                    show(info)
 
     _run_async(go())
     return 0
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
+    from shoal.cli_cluster import cmd_daemon_admin
     from shoal.daemon.main import DaemonConfig, run
 
+    if args.action:
+        return cmd_daemon_admin(args)
+    if not args.dir:
+        raise InvalidArgument("shoal daemon needs --dir (its folder)")
     return run(
         DaemonConfig(
             dir=args.dir,
@@ -455,6 +482,11 @@ def cmd_daemon(args: argparse.Namespace) -> int:
             peer=args.peer_address,
             http=args.http,
             threads=args.threads,
+            master=args.master,
+            peer_cert=args.peer_cert,
+            peer_key=args.peer_key,
+            peer_ca=args.peer_ca_cert,
+            host=args.host,
         )
     )
 
@@ -474,11 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
         v = top.add_parser(name, help=help, description=help)
         v.add_argument(
             "--storage-daemon",
-            default=os.environ.get("SHOAL_DAEMON", "127.0.0.1:4148"),
             metavar="HOST:PORT",
-            help="the daemon to talk to (default: $SHOAL_DAEMON or 127.0.0.1:4148)",
+            help="talk to this daemon directly (default: $SHOAL_DAEMON; else the cluster of "
+            "the client config, placement finding the daemons; else 127.0.0.1:4148)",
         )
         v.add_argument("--pool", default=DEFAULT_NAMESPACE, help="the pool (namespace)")
+        add_cluster_options(v)
         v.set_defaults(func=fn)
         return v
 
@@ -503,8 +536,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-l", "--long", action="store_true")
 
     for alias in ("daemon", "file-store"):
-        v = top.add_parser(alias, help="serve one disk" if alias == "daemon" else "= daemon")
-        v.add_argument("--dir", required=True, help="the daemon's folder (key store, data file)")
+        v = top.add_parser(
+            alias,
+            help="serve one disk; or ls, out, in, rm: the cluster's daemons"
+            if alias == "daemon"
+            else "= daemon",
+        )
+        v.add_argument("action", nargs="?", choices=["ls", "out", "in", "rm"], help="an admin verb")
+        v.add_argument("ids", nargs="*", help="daemon ids (out, in, rm)")
+        v.add_argument("--dir", help="the daemon's folder (key store, data file)")
         v.add_argument("--device", help="a formatted block device or file to hold the data")
         v.add_argument("--size", type=parse_size, default=4 << 30, help="size of a new data file")
         v.add_argument(
@@ -522,7 +562,19 @@ def build_parser() -> argparse.ArgumentParser:
             help="read-only HTTP endpoint (default: the next port; 'off' for none)",
         )
         v.add_argument("--threads", type=int, default=16, help="engine threads")
+        v.add_argument("--master", metavar="HOST:PORT", help="join the cluster of this master")
+        v.add_argument("--peer-cert", "-peer-cert", help="this daemon's certificate (mTLS)")
+        v.add_argument("--peer-key", "-peer-key", help="its private key")
+        v.add_argument("--peer-ca-cert", "-peer-ca-cert", help="the cluster's CA certificate")
+        v.add_argument("--host", help="failure domain name (default: this machine's hostname)")
+        v.add_argument("--access-key", help="(admin verbs) the key to use")
+        v.add_argument("--secret-key")
+        v.add_argument("--ca-cert", help="(admin verbs) the cluster's CA certificate")
+        v.add_argument("--config", help="(admin verbs) a client config file")
+        v.add_argument("--json", action="store_true", help="(ls) as JSON")
         v.set_defaults(func=cmd_daemon)
+
+    add_commands(top, _nonneg)
 
     disk = top.add_parser("disk", help="operate one disk's engine directly")
     verbs = disk.add_subparsers(dest="verb", required=True, metavar="VERB")

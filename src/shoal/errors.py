@@ -45,3 +45,15 @@ class Conflict(ShoalError):
 
 class StoreFailed(ShoalError):
     """A disk flush failed: the store refuses further writes until it is reopened."""
+
+
+class StaleMap(ShoalError):
+    """The request was made with an older cluster map than the server's: refresh, retry."""
+
+    def __init__(self, message: str, epoch: int = 0) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+
+
+class NotAuthenticated(ShoalError):
+    """Unknown key, wrong secret, a ticket that is forged or expired, or no ticket at all."""

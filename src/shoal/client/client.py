@@ -71,6 +71,9 @@ class AsyncClient:
         self.retries = retries
         self._conns: list[Connection] = []
         self._opening: asyncio.Lock | None = None
+        # In a cluster: the map epoch and the master's ticket every request carries.
+        self.epoch = 0
+        self.ticket: bytes | None = None
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -124,7 +127,9 @@ class AsyncClient:
             conn = await self._conn()
             try:
                 async with asyncio.timeout(self.timeout):  # no task per request, unlike wait_for
-                    return await conn.request(op, meta, payload, sink=sink)
+                    return await conn.request(
+                        op, self._signed(meta), payload, sink=sink, epoch=self.epoch
+                    )
             except TimeoutError:  # (an OSError too: first)
                 conn.close()
                 raise TimeoutError(
@@ -136,6 +141,11 @@ class AsyncClient:
                 if not idempotent or attempt > self.retries:
                     raise ConnectionError(str(exc) or "connection to the daemon lost") from None
                 await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+
+    def _signed(self, meta: dict[str, Any]) -> dict[str, Any]:
+        if self.ticket is not None:
+            meta["ticket"] = self.ticket
+        return meta
 
     # -- operations ------------------------------------------------------------------------
 
@@ -168,7 +178,9 @@ class AsyncClient:
         """Store `size` bytes taken from `chunks` (never all in memory). Not retried."""
         meta: dict[str, Any] = {"namespace": pool, "name": name, "refs": [], "permanent": permanent}
         conn = await self._conn()
-        reply, _ = await conn.request_stream(Op.PUT, meta, size, chunks)
+        reply, _ = await conn.request_stream(
+            Op.PUT, self._signed(meta), size, chunks, epoch=self.epoch
+        )
         return _key(reply)
 
     async def put_file(
@@ -211,7 +223,9 @@ class AsyncClient:
         conn = await self._conn()
         try:
             async with asyncio.timeout(self.timeout):
-                reply, _ = await conn.request(Op.GET, meta, sink=sink)
+                reply, _ = await conn.request(
+                    Op.GET, self._signed(meta), sink=sink, epoch=self.epoch
+                )
         except TimeoutError:
             conn.close()  # or the sink would be fed after we gave up
             raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from ssl import SSLContext
 from typing import Any, cast
 
 from shoal.proto.frames import (
@@ -50,9 +51,13 @@ class Connection(asyncio.Protocol):
         self._next_id = 0
 
     @classmethod
-    async def open(cls, host: str, port: int, timeout: float) -> Connection:
+    async def open(
+        cls, host: str, port: int, timeout: float, ssl: SSLContext | None = None
+    ) -> Connection:
         loop = asyncio.get_running_loop()
-        _, conn = await asyncio.wait_for(loop.create_connection(cls, host, port), timeout=timeout)
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(cls, host, port, ssl=ssl), timeout=timeout
+        )
         return conn
 
     @property
@@ -67,7 +72,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.writable.set()
-        err = ConnectionError(f"connection to the daemon lost{f': {exc}' if exc else ''}")
+        err = ConnectionError(f"connection lost{f': {exc}' if exc else ''}")
         for p in self.pending.values():
             if not p.future.done():
                 p.future.set_exception(err)
@@ -109,7 +114,7 @@ class Connection(asyncio.Protocol):
                 if p is None or p.future.done():
                     continue
                 if p.status != Status.OK:
-                    p.future.set_exception(error_of(p.status, str(p.meta.get("error", ""))))
+                    p.future.set_exception(error_of(p.status, str(p.meta.get("error", "")), p.meta))
                 else:
                     p.future.set_result((p.meta, p.buf))
 
@@ -145,13 +150,14 @@ class Connection(asyncio.Protocol):
         payload: bytes | bytearray | memoryview | None = None,
         *,
         sink: Sink | None = None,
+        epoch: int = 0,
     ) -> tuple[dict[str, Any], bytearray]:
         """Send one request; return the reply's meta and payload (empty if `sink` took it)."""
         rid, p = self._register(sink)
         size = len(payload) if payload is not None else 0
         async with self.send_lock:
             assert self.transport is not None
-            head = encode(op, rid, meta, size)
+            head = encode(op, rid, meta, size, epoch=epoch)
             if size:
                 self.transport.writelines([head, payload])  # type: ignore[list-item]
             else:
@@ -160,13 +166,19 @@ class Connection(asyncio.Protocol):
         return await p.future
 
     async def request_stream(
-        self, op: int, meta: dict[str, Any], size: int, chunks: AsyncIterator[bytes | memoryview]
+        self,
+        op: int,
+        meta: dict[str, Any],
+        size: int,
+        chunks: AsyncIterator[bytes | memoryview],
+        *,
+        epoch: int = 0,
     ) -> tuple[dict[str, Any], bytearray]:
         """Send a request whose `size`-byte payload comes from `chunks`."""
         rid, p = self._register(None)
         async with self.send_lock:
             assert self.transport is not None
-            self.transport.write(encode(op, rid, meta, size))
+            self.transport.write(encode(op, rid, meta, size, epoch=epoch))
             sent = 0
             try:
                 async for chunk in chunks:

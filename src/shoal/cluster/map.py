@@ -19,7 +19,7 @@ FAILURE_DOMAINS = ("host", "daemon")
 MAX_REPLICAS = 16
 MAX_PG_NUM = 1 << 20
 WEIGHT_ONE = 1 << 16  # weights are 16.16 fixed point: 1.0 is a daemon of average size
-_POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +65,7 @@ class Pool:
     failure_domain: str = "host"
 
     def __post_init__(self) -> None:
-        if not _POOL_NAME.match(self.name):
+        if not isinstance(self.name, str) or not _POOL_NAME.fullmatch(self.name):
             raise InvalidArgument(
                 f"pool name {self.name!r}: 1 to 128 letters, digits, '.', '_' or '-', "
                 "not starting with a punctuation mark"

@@ -22,9 +22,11 @@ import sys
 from dataclasses import dataclass
 
 from shoal.daemon.http import make_app
+from shoal.daemon.membership import Membership
 from shoal.daemon.server import Daemon
 from shoal.engine import ObjectStore
 from shoal.errors import InvalidArgument
+from shoal.tls import client_context
 
 log = logging.getLogger("shoal.daemon")
 
@@ -40,6 +42,11 @@ class DaemonConfig:
     peer: str | None = None
     http: str | None = None
     threads: int = 16
+    master: str | None = None  # HOST:PORT of the master's peer address: join its cluster
+    peer_cert: str | None = None
+    peer_key: str | None = None
+    peer_ca: str | None = None
+    host: str | None = None  # the failure domain it reports (default: this machine's name)
 
 
 def split_address(text: str) -> tuple[str, int]:
@@ -80,6 +87,9 @@ async def serve(cfg: DaemonConfig, ready: asyncio.Event | None = None) -> None:
             http_server, (hhost, hport) = await _start_http(daemon, http_addr)
             lines.append(f"{hhost}:{hport} (http)")
         print("shoal daemon listening on " + ", ".join(lines), flush=True)
+        if cfg.master:
+            daemon.cluster = _membership(cfg, store, lines)
+            daemon.cluster.start()
         if ready is not None:
             ready.set()
         await stop.wait()
@@ -88,8 +98,31 @@ async def serve(cfg: DaemonConfig, ready: asyncio.Event | None = None) -> None:
             http_server.should_exit = True
             with contextlib.suppress(Exception):
                 await http_server.shutdown()
+        if daemon.cluster is not None:
+            await daemon.cluster.close()
         await daemon.close()
         store.close()
+
+
+def _membership(cfg: DaemonConfig, store: ObjectStore, lines: list[str]) -> Membership:
+    ctx = None
+    if cfg.peer_cert or cfg.peer_key or cfg.peer_ca:
+        if not (cfg.peer_cert and cfg.peer_key and cfg.peer_ca):
+            raise InvalidArgument("--peer-cert, --peer-key and --peer-ca-cert go together")
+        ctx = client_context(cfg.peer_ca, cfg.peer_cert, cfg.peer_key)
+    served = {kind.strip("()"): addr for addr, kind in (line.split(" ") for line in lines)}
+    uuid = str(store.device.superblock.device_uuid)
+    host = cfg.host or socket.gethostname()
+
+    def info() -> dict[str, object]:
+        capacity = store.data_blocks * store.block_size
+        return {
+            "uuid": uuid, "host": host, "address": served["native"],
+            "peer_address": served.get("peer", ""), "http_address": served.get("http", ""),
+            "capacity": capacity, "used": capacity - store.free_blocks * store.block_size,
+        }  # fmt: skip
+
+    return Membership(split_address(cfg.master or ""), info, ctx)
 
 
 async def _start_http(daemon: Daemon, address: str):  # type: ignore[no-untyped-def]

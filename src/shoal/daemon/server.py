@@ -27,13 +27,23 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+from shoal.cluster.auth import Ticket, verify
+from shoal.daemon.membership import Membership
 from shoal.engine import ObjectStore, ObjectWriter, ObjKey, Record
-from shoal.errors import Conflict, InvalidArgument, ShoalError
+from shoal.errors import (
+    Conflict,
+    Forbidden,
+    InvalidArgument,
+    NotAuthenticated,
+    ShoalError,
+    StaleMap,
+)
 from shoal.proto.frames import (
     MAX_PAYLOAD,
     FrameEnd,
@@ -61,6 +71,8 @@ DIRECT = 64 << 10  # GET replies larger than this are written to the socket by a
 SEND_TIMEOUT = 120.0  # a client that takes no bytes for this long is dropped
 BLOCK = 4096
 T = TypeVar("T")
+_RIGHT: dict[int, str] = {Op.GET: "r", Op.STAT: "r", Op.LIST: "r", Op.PUT: "w", Op.WRITE_AT: "w",
+          Op.REFS: "w", Op.DELETE: "d"}  # fmt: skip
 _local = threading.local()  # a buffer per thread for GETs where the device cannot be mapped
 
 
@@ -121,6 +133,8 @@ class Daemon:
         self._puts: list[tuple[tuple[str, str | None, Any, list[bytes], bool], Any]] = []
         self._put_tasks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
+        self.cluster: Membership | None = None  # set when the daemon is part of a cluster
+        self._tickets: dict[bytes, Ticket] = {}  # verified tickets, by their bytes
 
     async def put_small(
         self, namespace: str, name: str | None, data: bytes | bytearray, refs: list[bytes],
@@ -176,6 +190,31 @@ class Daemon:
         if tasks:
             await asyncio.wait(tasks, timeout=30)
         await asyncio.to_thread(self.executor.shutdown, wait=True)
+
+    def refusal(self, h: Header, meta: dict[str, Any]) -> ShoalError | None:
+        """Why a request may not be carried out here, or None. In a cluster: a request made
+        with an older map than this daemon's (the client refreshes and retries), a missing,
+        forged or expired ticket, or a right the ticket does not grant."""
+        c = self.cluster
+        if c is None or h.op == Op.PING:
+            return None
+        if h.epoch < c.epoch:
+            return StaleMap(f"request made with map epoch {h.epoch}; this daemon has {c.epoch}",
+                            c.epoch)  # fmt: skip
+        raw: Any = meta.get("ticket")
+        try:
+            t = self._tickets.get(raw) if isinstance(raw, bytes) else None
+            if t is None or t.expires < time.time():
+                t = verify(c.ticket_key, raw)
+                if len(self._tickets) > 4096:
+                    self._tickets.clear()
+                self._tickets[raw] = t  # (verify took only bytes)
+            ns = meta.get("namespace", "default")
+            t.require(ns if isinstance(ns, str) else "", _RIGHT.get(h.op, "a"))
+        except (NotAuthenticated, Forbidden) as exc:
+            log.warning("refused op %d: %s", h.op, exc)
+            return exc
+        return None
 
     # -- requests without a payload --------------------------------------------------------
 
@@ -400,12 +439,16 @@ class _Connection(asyncio.Protocol):
             self._send_now(encode_error(h.op, h.request_id, exc))
             self.close()
             return
+        refused = self.daemon.refusal(h, ev.meta)
         if h.op in (Op.PUT, Op.WRITE_AT):
             upload = _Upload(self, h, ev.meta)
+            upload.error = upload.error or refused
             if upload.error is not None and h.payload_len > SMALL:
                 self.refuse(h, upload.error)  # say so now, not after megabytes more
                 return
             self.upload = upload
+        elif refused is not None:
+            self._spawn(self._send(encode_error(h.op, h.request_id, refused)))
         elif h.op == Op.GET:
             self._get_start(h, ev.meta)
         else:

@@ -32,8 +32,10 @@ from shoal.errors import (
     IntegrityError,
     InvalidArgument,
     NoSpace,
+    NotAuthenticated,
     NotFound,
     ShoalError,
+    StaleMap,
     StoreFailed,
 )
 
@@ -59,6 +61,12 @@ class Op(IntEnum):
     DELETE = 5
     LIST = 6
     REFS = 7
+    # the master's
+    REGISTER = 16
+    HEARTBEAT = 17
+    MAP = 18
+    AUTH = 19
+    ADMIN = 20
 
 
 class Status(IntEnum):
@@ -74,6 +82,8 @@ class Status(IntEnum):
     FORMAT = 9
     PROTOCOL = 10
     INTERNAL = 11
+    STALE = 12
+    AUTH = 13
 
 
 _ERRORS: dict[Status, type[ShoalError]] = {
@@ -87,6 +97,8 @@ _ERRORS: dict[Status, type[ShoalError]] = {
     Status.BUSY: DeviceBusy,
     Status.FORMAT: FormatError,
     Status.PROTOCOL: ProtocolError,
+    Status.STALE: StaleMap,
+    Status.AUTH: NotAuthenticated,
 }
 _STATUS = {cls: status for status, cls in _ERRORS.items()}
 
@@ -99,8 +111,10 @@ def status_of(exc: BaseException) -> Status:
     return Status.INTERNAL
 
 
-def error_of(status: int, message: str) -> ShoalError:
+def error_of(status: int, message: str, meta: dict[str, Any] | None = None) -> ShoalError:
     """The exception a client raises for an error status from the peer."""
+    if status == Status.STALE:
+        return StaleMap(message, int((meta or {}).get("epoch", 0)))
     try:
         cls = _ERRORS.get(Status(status), ShoalError)
     except ValueError:
@@ -163,9 +177,10 @@ def encode(
 def encode_error(op: int, request_id: int, exc: BaseException, epoch: int = 0) -> bytes:
     """An error response carrying `exc`'s message."""
     message = str(exc) or type(exc).__name__
-    return encode(
-        op, request_id, {"error": message}, response=True, status=status_of(exc), epoch=epoch
-    )
+    meta: dict[str, Any] = {"error": message}
+    if isinstance(exc, StaleMap):
+        meta["epoch"] = exc.epoch
+    return encode(op, request_id, meta, response=True, status=status_of(exc), epoch=epoch)
 
 
 class FrameReader:

@@ -1,0 +1,275 @@
+"""`ClusterClient`: a client of a whole cluster.
+
+It proves its key to the master once (TLS when a CA certificate is given) and gets a ticket
+and the cluster map, then follows the map by long-polling the master. Each object's daemons
+come from placement (shoal.cluster.placement): the client goes straight to the PG's primary
+(the first daemon of the acting set that is up), carrying its map epoch and ticket. A daemon
+with a newer map answers StaleMap: the client fetches the newer map and retries, and the
+caller never hears of it. An expired ticket is renewed the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, BinaryIO, TypeVar
+
+from shoal.client.client import AsyncClient, ObjectInfo, parse_address
+from shoal.client.connection import Connection, Sink
+from shoal.cluster.map import ClusterMap, MapDiff, apply
+from shoal.cluster.placement import Placer
+from shoal.engine.keys import ObjKey
+from shoal.errors import NotAuthenticated, ShoalError, StaleMap
+from shoal.proto.frames import Op
+from shoal.tls import client_context
+
+log = logging.getLogger("shoal.client")
+T = TypeVar("T")
+POLL_WAIT = 30.0
+ATTEMPTS = 5
+
+
+class NoDaemon(ShoalError):
+    """No daemon of the object's placement group is up."""
+
+
+class ClusterClient:
+    def __init__(
+        self,
+        master: str,
+        access_key: str,
+        secret: str,
+        *,
+        ca: str | None = None,
+        timeout: float = 60.0,
+        pool_size: int = 2,
+    ) -> None:
+        self.master = parse_address(master)
+        self.access_key, self.secret = access_key, secret
+        self.ssl: ssl.SSLContext | None = client_context(ca) if ca else None
+        self.timeout, self.pool_size = timeout, pool_size
+        self.map = ClusterMap()
+        self.placer = Placer(self.map)
+        self.ticket: bytes | None = None
+        self._ticket_until = 0.0
+        self._master: Connection | None = None
+        self._daemons: dict[str, AsyncClient] = {}
+        self._follow: asyncio.Task[None] | None = None
+        self._map_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> ClusterClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        await self._auth()
+        await self.refresh()
+        self._follow = asyncio.ensure_future(self._follow_loop())
+
+    async def close(self) -> None:
+        if self._follow is not None:
+            self._follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow
+        for c in self._daemons.values():
+            await c.close()
+        self._daemons.clear()
+        if self._master is not None:
+            self._master.close()
+
+    # -- the master ------------------------------------------------------------------------
+
+    async def _master_conn(self) -> Connection:
+        if self._master is None or self._master.closed:
+            host, port = self.master
+            try:
+                self._master = await Connection.open(host, port, self.timeout, ssl=self.ssl)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConnectionError(f"cannot reach the master at {host}:{port}: {exc}") from None
+        return self._master
+
+    async def _ask(self, op: int, meta: dict[str, Any], timeout: float | None = None) -> Any:
+        conn = await self._master_conn()
+        async with asyncio.timeout(timeout or self.timeout):
+            reply, _ = await conn.request(op, meta)
+        return reply
+
+    async def _auth(self) -> None:
+        reply = await self._ask(Op.AUTH, {"access_key": self.access_key, "secret": self.secret})
+        self.ticket = bytes(reply["ticket"])
+        self._ticket_until = time.monotonic() + float(reply.get("ttl", 3600)) * 0.8
+
+    async def _ticket(self) -> bytes:
+        if self.ticket is None or time.monotonic() > self._ticket_until:
+            await self._auth()
+        assert self.ticket is not None
+        return self.ticket
+
+    async def admin(self, cmd: str, **args: Any) -> dict[str, Any]:
+        """An admin command on the master (needs an admin key for most)."""
+        reply: dict[str, Any] = await self._ask(
+            Op.ADMIN, {"ticket": await self._ticket(), "cmd": cmd, "args": args}
+        )
+        return reply
+
+    async def refresh(self, at_least: int = 0, wait: float = 0.0) -> None:
+        """Bring the map up to date (at least to epoch `at_least`, waiting up to `wait`)."""
+        async with self._map_lock:
+            deadline = time.monotonic() + wait
+            while True:
+                left = max(0.0, deadline - time.monotonic())
+                reply = await self._ask(
+                    Op.MAP, {"since": self.map.epoch, "wait": left if at_least else 0},
+                    timeout=self.timeout + left,
+                )  # fmt: skip
+                self._take(reply)
+                if self.map.epoch >= at_least or time.monotonic() >= deadline:
+                    return
+
+    def _take(self, reply: dict[str, Any]) -> None:
+        if "map" in reply:
+            self._set(ClusterMap.from_dict(reply["map"]))
+        elif "diff" in reply:
+            d = MapDiff.from_dict(reply["diff"])
+            self._set(apply(self.map, d) if d.base == self.map.epoch else self.map)
+
+    def _set(self, m: ClusterMap) -> None:
+        if m.epoch != self.map.epoch:
+            self.map = m
+            self.placer = Placer(m)
+
+    async def _follow_loop(self) -> None:
+        while True:
+            try:
+                async with self._map_lock:
+                    epoch = self.map.epoch
+                reply = await self._ask(
+                    Op.MAP, {"since": epoch, "wait": POLL_WAIT}, timeout=POLL_WAIT + 10
+                )
+                async with self._map_lock:
+                    if self.map.epoch == epoch:
+                        self._take(reply)
+            except (OSError, ConnectionError, ShoalError, TimeoutError) as exc:
+                log.debug("following the map: %s", exc)
+                await asyncio.sleep(1.0)
+
+    # -- daemons ---------------------------------------------------------------------------
+
+    def acting(self, pool: str, name: str) -> tuple[int, ...]:
+        return self.placer.place(pool, pool, name)
+
+    def _client(self, address: str) -> AsyncClient:
+        c = self._daemons.get(address)
+        if c is None:
+            c = self._daemons[address] = AsyncClient(
+                address, pool_size=self.pool_size, timeout=self.timeout
+            )
+        return c
+
+    async def _on_primary(
+        self, pool: str, name: str, fn: Callable[[AsyncClient], Awaitable[T]]
+    ) -> T:
+        last: BaseException | None = None
+        for attempt in range(ATTEMPTS):
+            acting = self.acting(pool, name)
+            up = [self.map.daemons[i] for i in acting if self.map.daemons[i].up]
+            if not up:
+                last = NoDaemon(f"no daemon of {pool}/{name}'s placement group is up")
+                await self.refresh(self.map.epoch + 1, wait=min(2.0, 0.25 * 2**attempt))
+                continue
+            c = self._client(up[0].address)
+            c.epoch, c.ticket = self.map.epoch, await self._ticket()
+            try:
+                return await fn(c)
+            except StaleMap as exc:
+                last = exc
+                await self.refresh(max(exc.epoch, self.map.epoch + 1), wait=2.0)
+            except NotAuthenticated as exc:
+                last = exc
+                await self._auth()
+            except ConnectionError as exc:  # the daemon may be going down: ask for news
+                last = exc
+                await self.refresh(self.map.epoch + 1, wait=min(2.0, 0.25 * 2**attempt))
+        assert last is not None
+        raise last
+
+    # -- objects ---------------------------------------------------------------------------
+
+    async def put(self, pool: str, name: str, data: bytes | bytearray | memoryview) -> ObjKey:
+        return await self._on_primary(pool, name, lambda c: c.put(pool, name, data))
+
+    async def put_stream(
+        self, pool: str, name: str, size: int, chunks: AsyncIterator[bytes | memoryview]
+    ) -> ObjKey:
+        return await self._on_primary(pool, name, lambda c: c.put_stream(pool, name, size, chunks))
+
+    async def put_file(
+        self, pool: str, name: str, f: BinaryIO, *, progress: Callable[[int], None] | None = None
+    ) -> ObjKey:
+        start = f.tell()
+
+        async def attempt(c: AsyncClient) -> ObjKey:
+            f.seek(start)  # (a retry starts over)
+            return await c.put_file(pool, name, f, progress=progress)
+
+        return await self._on_primary(pool, name, attempt)
+
+    async def get(
+        self, pool: str, name: str, *, offset: int = 0, length: int | None = None
+    ) -> bytes:
+        return await self._on_primary(
+            pool, name, lambda c: c.get(pool, name, offset=offset, length=length)
+        )
+
+    async def get_to(
+        self, pool: str, name: str, sink: Sink, *, offset: int = 0, length: int | None = None
+    ) -> ObjectInfo:
+        return await self._on_primary(
+            pool, name, lambda c: c.get_to(pool, name, sink, offset=offset, length=length)
+        )
+
+    async def stat(self, pool: str, name: str) -> ObjectInfo:
+        return await self._on_primary(pool, name, lambda c: c.stat(pool, name))
+
+    async def delete(self, pool: str, name: str) -> None:
+        await self._on_primary(pool, name, lambda c: c.delete(pool, name))
+
+    async def write_at(self, pool: str, name: str, offset: int, data: bytes) -> ObjKey:
+        return await self._on_primary(pool, name, lambda c: c.write_at(pool, name, offset, data))
+
+    async def list(self, pool: str, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Every object of `pool` whose name starts with `prefix`, in name order (merged from
+        every daemon that is up and in)."""
+        self.map.pool(pool)
+        pages: dict[int, list[ObjectInfo]] = {}
+
+        async def all_of(d_id: int) -> None:
+            d = self.map.daemons[d_id]
+            c = self._client(d.address)
+            c.epoch, c.ticket = self.map.epoch, await self._ticket()
+            out, after = [], ""
+            while True:
+                page, nxt = await c.list(pool, prefix, start_after=after)
+                out.extend(page)
+                if nxt is None:
+                    break
+                after = nxt
+            pages[d_id] = out
+
+        ids = [i for i, d in self.map.daemons.items() if d.up and d.in_]
+        await asyncio.gather(*(all_of(i) for i in ids))
+        seen: set[str] = set()
+        for info in sorted((x for p in pages.values() for x in p), key=lambda x: x.name):
+            if info.name not in seen:
+                seen.add(info.name)
+                yield info
+
+
+__all__ = ["ClusterClient", "NoDaemon"]

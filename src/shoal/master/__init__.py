@@ -1,0 +1,1 @@
+"""master: the cluster map's authority (registration, heartbeats, epochs, pools, keys)."""
