@@ -24,7 +24,7 @@ install-test: $(BIN)/python
 		|| ($(APT) update -qq && $(APT) install -y -qq $(APT_TEST_PKGS))
 	$(BIN)/pip install -q -e '.[test]'
 
-install-bench: install-bench
+install-bench: $(BIN)/python
 	@command -v fio >/dev/null || ($(APT) update -qq && $(APT) install -y -qq $(APT_BENCH_PKGS))
 
 # shoal's main job, for now: one engine on a demo device file, used end to end.

@@ -32,11 +32,6 @@ class ClusterConfig:
     secret: str
     ca: str | None = None
 
-    def client(self) -> Any:
-        from shoal.client.cluster import ClusterClient
-
-        return ClusterClient(self.master, self.access_key, self.secret, ca=self.ca)
-
 
 def write_config(path: Path, cfg: ClusterConfig) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,6 +224,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_certs(args: argparse.Namespace) -> int:
+    from shoal.certs import ensure_ca, issue
+
+    d = Path(args.dir)
+    ensure_ca(d)
+    print(f"{d / 'ca.crt'} (the CA; {d / 'ca.key'} signs, keep it safe)")
+    for name in args.names:
+        crt, key = issue(d, name, args.host, force=args.force)
+        print(f"{crt} {key}")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from shoal.up import run
+
+    return run(args.data, args.daemons, args.size, args.base_port)
+
+
 def add_commands(top: Any, nonneg: Callable[[str], int]) -> None:
     v = top.add_parser("master", help="serve the cluster map (the seed's master)")
     v.add_argument("--dir", default=os.path.join(DEFAULT_DATA, "master"), help="state folder")
@@ -277,6 +290,20 @@ def add_commands(top: Any, nonneg: Callable[[str], int]) -> None:
     v.add_argument("--comment", default="")
     add_cluster_options(v)
     v.set_defaults(func=cmd_key)
+
+    v = top.add_parser("certs", help="make the cluster's CA and its nodes' certificates")
+    v.add_argument("names", nargs="*", help="one certificate per name (master, daemon0, ...)")
+    v.add_argument("--dir", default="tls", help="where (default: ./tls)")
+    v.add_argument("--host", action="append", default=[], help="an address or name it is for")
+    v.add_argument("--force", action="store_true", help="replace existing certificates")
+    v.set_defaults(func=cmd_certs)
+
+    v = top.add_parser("up", help="start a local cluster: a master and daemons, TLS on")
+    v.add_argument("--data", default=DEFAULT_DATA, help=f"its folder (default: ./{DEFAULT_DATA})")
+    v.add_argument("--daemons", type=int, default=3)
+    v.add_argument("--size", default="4G", help="each daemon's data file, when new")
+    v.add_argument("--base-port", type=int, default=4140, help="0: any free ports")
+    v.set_defaults(func=cmd_up)
 
     v = top.add_parser("status", help="the cluster at a glance")
     v.add_argument("--json", action="store_true")

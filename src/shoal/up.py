@@ -1,0 +1,199 @@
+"""`shoal up`: a whole local cluster for a new user, in one command.
+
+    shoal up [--data shoal-data] [--daemons 3] [--size 4G] [--base-port 4140]
+
+starts a master and N daemons (one folder each under --data), with TLS on: a CA and the
+certificates of every node are made on the first start (DATA/tls). On the first start the
+master makes an admin key, printed once, and `shoal up` writes DATA/client.json (mode 0600):
+the master's address, that key and the CA, which the `shoal` command reads from
+./shoal-data/client.json, so that `shoal write NAME --data-literal hi` just works from there.
+It also makes the pool `default` (replicas min(3, N), failure domain daemon: all the daemons
+are on this machine). Ctrl-C stops the daemons, then the master; everything is kept for the
+next `shoal up`.
+
+Ports: the master listens on BASE (daemons) and BASE+1 (clients); daemon i on BASE+10+2i
+(native) and BASE+11+2i (HTTP). --base-port 0 takes free ports (the config is rewritten at
+every start).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from shoal.certs import issue
+from shoal.cli_cluster import CONFIG_NAME, ClusterConfig, write_config
+from shoal.daemon.process import DaemonProcess, spawn
+from shoal.errors import InvalidArgument, ShoalError
+
+_LISTEN = re.compile(r"listening on (\S+) \(peer\), (\S+) \(client\)")
+_ADMIN = re.compile(r"admin key: (\S+) (\S+)")
+
+
+def _read_lines(proc: subprocess.Popen[bytes], until: re.Pattern[str], timeout: float) -> str:
+    """What the child prints until a line matches `until` (or it dies, or time is up)."""
+    assert proc.stdout is not None
+    out, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline and not until.search(out.decode(errors="replace")):
+        if select.select([proc.stdout], [], [], 0.2)[0]:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    return out.decode(errors="replace")
+
+
+class LocalCluster:
+    def __init__(self, data: Path, daemons: int, size: str, base_port: int) -> None:
+        if daemons < 1:
+            raise InvalidArgument("a cluster needs at least one daemon")
+        self.data, self.n, self.size, self.base = data, daemons, size, base_port
+        self.master: subprocess.Popen[bytes] | None = None
+        self.daemons: list[DaemonProcess] = []
+        self.tls = data / "tls"
+
+    def _port(self, offset: int) -> int:
+        return self.base + offset if self.base else 0
+
+    def start(self) -> ClusterConfig:
+        self.data.mkdir(parents=True, exist_ok=True)
+        tls = self.tls
+        issue(tls, "master", [])
+        for i in range(self.n):
+            issue(tls, f"daemon{i}", [])
+        cmd = [
+            sys.executable, "-m", "shoal.cli", "master", "--dir", str(self.data / "master"),
+            "--peer-address", f"127.0.0.1:{self._port(0)}",
+            "--listen-address", f"127.0.0.1:{self._port(1)}",
+            "--peer-cert", str(tls / "master.crt"), "--peer-key", str(tls / "master.key"),
+            "--peer-ca-cert", str(tls / "ca.crt"),
+            "--listen-cert", str(tls / "master.crt"), "--listen-key", str(tls / "master.key"),
+        ]  # fmt: skip
+        log = open(self.data / "master.log", "ab")  # noqa: SIM115
+        self.master = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
+        log.close()
+        text = _read_lines(self.master, _LISTEN, 30.0)
+        m = _LISTEN.search(text)
+        if m is None:
+            self.stop()
+            tail = (self.data / "master.log").read_text(errors="replace")[-3000:]
+            raise ShoalError(f"the master did not start:\n{text}{tail}")
+        peer, client = m.group(1), m.group(2)
+        config_path = self.data / CONFIG_NAME
+        admin = _ADMIN.search(text)
+        if admin is not None:
+            cfg = ClusterConfig(client, admin.group(1), admin.group(2), str(tls / "ca.crt"))
+            print(f"admin key (shown once; also in {config_path}, mode 0600):")
+            print(f"  access key: {cfg.access_key}\n  secret key: {cfg.secret}")
+        elif config_path.exists():
+            import json
+
+            old = json.loads(config_path.read_text())
+            cfg = ClusterConfig(client, old["access_key"], old["secret_key"], old.get("ca_cert"))
+        else:
+            self.stop()
+            raise ShoalError(f"{config_path} is gone, and with it the admin key")
+        write_config(config_path, cfg)
+        for i in range(self.n):
+            d = self.data / f"daemon{i}"
+            self.daemons.append(
+                spawn(
+                    d, size=self.size, listen=f"127.0.0.1:{self._port(10 + 2 * i)}",
+                    http=f"127.0.0.1:{self._port(11 + 2 * i)}", log=self.data / f"daemon{i}.log",
+                    extra=["--master", peer, "--peer-cert", str(tls / f"daemon{i}.crt"),
+                           "--peer-key", str(tls / f"daemon{i}.key"),
+                           "--peer-ca-cert", str(tls / "ca.crt")],
+                )
+            )  # fmt: skip
+        return cfg
+
+    def wait_ready(self, cfg: ClusterConfig, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until every daemon is up in the map; make the default pool if there is none."""
+        from shoal.cli import _run_async
+
+        async def go() -> dict[str, Any]:
+            import asyncio
+
+            from shoal.client.cluster import ClusterClient
+
+            c = ClusterClient(cfg.master, cfg.access_key, cfg.secret, ca=cfg.ca)
+            try:
+                deadline = time.monotonic() + timeout
+                while True:
+                    s = await c.admin("status")
+                    if s["up"] >= self.n or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.2)
+                if not s["pools"]:
+                    await c.admin("pool_create", name="default", replicas=min(3, self.n),
+                                  pg_num=128, failure_domain="daemon")  # fmt: skip
+                    s = await c.admin("status")
+                return s
+            finally:
+                await c.close()
+
+        status: dict[str, Any] = _run_async(go())
+        return status
+
+    def stop(self) -> None:
+        for d in self.daemons:
+            if d.proc.poll() is None:
+                d.proc.send_signal(signal.SIGTERM)
+        for d in self.daemons:
+            d.stop()
+        if self.master is not None and self.master.poll() is None:
+            self.master.send_signal(signal.SIGTERM)
+            try:
+                self.master.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.master.kill()
+                self.master.wait()
+        if self.master is not None and self.master.stdout is not None:
+            self.master.stdout.close()
+
+    def dead(self) -> list[str]:
+        out = [f"daemon{i}" for i, d in enumerate(self.daemons) if d.proc.poll() is not None]
+        if self.master is not None and self.master.poll() is not None:
+            out.append("master")
+        return out
+
+
+def run(data: str, daemons: int, size: str, base_port: int) -> int:
+    cluster = LocalCluster(Path(data), daemons, size, base_port)
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        cfg = cluster.start()
+        s = cluster.wait_ready(cfg)
+        print(f"shoal is up: master {cfg.master} (TLS), {s['up']} of {s['daemons']} daemons up, "
+              f"pools: {', '.join(p['name'] for p in s['pools'])}")  # fmt: skip
+        print(f"  data and logs in {data}/; client config {data}/{CONFIG_NAME}")
+        print("  try:  shoal write hello --data-literal 'hello world' && shoal read hello")
+        print("        shoal status")
+        print("Ctrl-C stops it (everything is kept for the next `shoal up`).", flush=True)
+        while not stop:
+            time.sleep(0.2)
+            dead = cluster.dead()
+            if dead and not stop:  # (Ctrl-C reaches the children too: they stop themselves)
+                print(f"shoal up: {', '.join(dead)} exited; see the logs in {data}/",
+                      file=sys.stderr)  # fmt: skip
+                break
+    finally:
+        print("stopping ...", file=sys.stderr, flush=True)
+        cluster.stop()
+    return 0 if stop else 1
