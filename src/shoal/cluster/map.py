@@ -18,6 +18,8 @@ UP, DOWN = "up", "down"
 FAILURE_DOMAINS = ("host", "daemon")
 MAX_REPLICAS = 16
 MAX_PG_NUM = 1 << 20
+MAX_DAEMON_ID = 1 << 31
+MAX_WEIGHT = 1 << 62  # (numpy computes scores in int64)
 WEIGHT_ONE = 1 << 16  # weights are 16.16 fixed point: 1.0 is a daemon of average size
 _POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -34,6 +36,12 @@ class DaemonInfo:
     http_address: str = ""  # its read-only HTTP endpoint
     capacity: int = 0  # bytes, as reported
     used: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.id < MAX_DAEMON_ID:
+            raise InvalidArgument(f"a daemon id is 0..{MAX_DAEMON_ID - 1}, not {self.id}")
+        if not 0 <= self.weight < MAX_WEIGHT:
+            raise InvalidArgument(f"a weight is 0..{MAX_WEIGHT - 1} (16.16), not {self.weight}")
 
     @property
     def state(self) -> str:

@@ -69,6 +69,7 @@ PUT_BATCHES = 2  # ... of which this many commit at once (the engine pipelines t
 MAX_BATCH = 256
 DIRECT = 64 << 10  # GET replies larger than this are written to the socket by a thread
 SEND_TIMEOUT = 120.0  # a client that takes no bytes for this long is dropped
+FAST_SEND = 0.25  # a GET piece sent from the page cache must go in this long, or be copied
 BLOCK = 4096
 T = TypeVar("T")
 _RIGHT: dict[int, str] = {Op.GET: "r", Op.STAT: "r", Op.LIST: "r", Op.PUT: "w", Op.WRITE_AT: "w",
@@ -79,6 +80,32 @@ _local = threading.local()  # a buffer per thread for GETs where the device cann
 def _piece_end(pos: int, end: int) -> int:
     """Where the streamed piece that starts at byte `pos` ends: a PIECE from its block."""
     return min(end, pos - pos % BLOCK + PIECE)
+
+
+def _send_fast(sock: socket.socket, views: list[memoryview]) -> memoryview | None:
+    """Send `views` if the socket takes them within FAST_SEND; else a copy of what it has
+    not taken (None: all sent)."""
+    deadline = time.monotonic() + FAST_SEND
+    for i, view in enumerate(views):
+        done = 0
+        while done < len(view):
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                sock.settimeout(left)
+                done += sock.send(view[done:])
+            except TimeoutError:
+                return memoryview(b"".join([view[done:], *views[i + 1 :]]))
+    return None
+
+
+def _send_all(sock: socket.socket, data: bytes | memoryview) -> None:
+    """sendall, but the timeout is SEND_TIMEOUT without progress, not for the whole."""
+    view, done = memoryview(data), 0
+    sock.settimeout(SEND_TIMEOUT)
+    while done < len(view):
+        done += sock.send(view[done:])
 
 
 def record_meta(rec: Record) -> dict[str, Any]:
@@ -564,41 +591,59 @@ class _Connection(asyncio.Protocol):
     def _send_direct(self, h: Header, req: _GetRequest, sock: socket.socket) -> None:
         """(In a thread, which has the socket to itself.) Answer a GET of a large object: each
         piece is verified in the page cache and written to the socket from there, so its bytes
-        are copied once, by the kernel. The blocks stay pinned until the last byte is sent: an
-        overwrite meanwhile cannot hand them to another object. The socket's calls let go of
-        the GIL. An error before the first byte is the reply; after it, it closes the
-        connection (the caller's part)."""
+        are copied once, by the kernel. The socket's calls let go of the GIL.
+
+        The blocks stay pinned while they are being sent, so that an overwrite meanwhile cannot
+        hand them to another object; but a pin holds back every free in the store, so it is
+        held only while the client keeps up. A piece the socket has not taken within
+        FAST_SEND is copied and the pin let go; the rest of the GET is then read piece by
+        piece into a buffer (verified there, without a pin: if the object changes meanwhile
+        its reads fail and the connection closes, a short payload, never a wrong byte). An
+        error before the first byte is the reply; after it, it closes the connection (the
+        caller's part)."""
         store = self.daemon.store
-        with sock, store.pinned():
-            sock.settimeout(SEND_TIMEOUT)
+        pin = contextlib.ExitStack()
+        with sock, pin:
+            pin.enter_context(store.pinned())
             try:
                 rec = store.stat(req.name, namespace=req.namespace)
                 pos, length = store.clip(rec, req.offset, req.length)
                 end = pos + length
-                views = self._piece(rec, pos, end)
+                views, mapped = self._piece(rec, pos, end, True)
             except ShoalError as exc:
-                sock.sendall(encode_error(h.op, h.request_id, exc))
+                _send_all(sock, encode_error(h.op, h.request_id, exc))
                 return
-            sock.sendall(encode(h.op, h.request_id, record_meta(rec), length, response=True))
+            _send_all(sock, encode(h.op, h.request_id, record_meta(rec), length, response=True))
             while True:
                 start = pos
-                for view in views:
-                    sock.sendall(view)
-                    pos += len(view)
-                store.unmap(rec, start, pos - start)
+                pos += sum(len(v) for v in views)
+                rest = _send_fast(sock, views) if mapped else None
+                if mapped:
+                    store.unmap(rec, start, pos - start)
+                if rest is not None:  # a slow client: the pin goes, the copy is sent
+                    pin.close()
+                    mapped = False
+                    views = [rest]
+                for view in views if not mapped else ():
+                    _send_all(sock, view)
                 if pos >= end or self.closed:
                     return
-                views = self._piece(rec, pos, end)
+                views, mapped = self._piece(rec, pos, end, mapped)
 
-    def _piece(self, rec: Record, pos: int, end: int) -> list[memoryview]:
-        """The verified bytes of the streamed piece of `rec` that starts at `pos`."""
+    def _piece(
+        self, rec: Record, pos: int, end: int, mapped: bool
+    ) -> tuple[list[memoryview], bool]:
+        """The verified bytes of the streamed piece of `rec` that starts at `pos`: views of
+        the page cache if `mapped` (under a pin) and the device can be mapped, else a view of
+        this thread's buffer. True if they are views of the page cache."""
         store, stop = self.daemon.store, _piece_end(pos, end)
-        views = store.read_mapped(rec, pos, stop - pos)
-        if views is None:  # no mapping here: read into this thread's buffer
-            buf = getattr(_local, "buf", None) or bytearray(PIECE + BLOCK)
-            _local.buf = buf
-            views = [store.read_into(rec, pos, stop - pos, buf)]
-        return views
+        if mapped:
+            views = store.read_mapped(rec, pos, stop - pos)
+            if views is not None:
+                return views, True
+        buf = getattr(_local, "buf", None) or bytearray(PIECE + BLOCK)
+        _local.buf = buf
+        return [store.read_into(rec, pos, stop - pos, buf)], False
 
     async def _drained(self) -> bool:
         """Wait until the transport has handed everything it holds to the socket, so that a
