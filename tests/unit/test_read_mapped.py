@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shoal.engine import ObjectStore, Record, check
+from shoal.engine import ObjectStore, Record, blockstore, check
 from shoal.engine.freelist import Extent
 from shoal.engine.manifest import HOLE
 from shoal.errors import IntegrityError, InvalidArgument, NoSpace, NotFound
@@ -441,32 +441,40 @@ def test_delete_zero_does_not_wait_for_a_reader_pinned_after_it(store: ObjectSto
     assert check(store).ok
 
 
-# -- unmap -------------------------------------------------------------------------------------
+# -- the mapping budget ------------------------------------------------------------------------
 
 
-def test_unmap_leaves_the_data_readable(store: ObjectStore) -> None:
-    body = blob("u", 2 * MiB + 333)
-    store.put(body, name="u")
+def _rss_file() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    raise KeyError("RssFile")
+
+
+def test_the_mapping_budget_bounds_resident_pages_and_keeps_data_readable(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once MAP_BUDGET bytes have been mapped, the mapping's page-table entries are dropped:
+    the process's resident file pages stay bounded, and views in use (or read again) still
+    give the right bytes."""
+    monkeypatch.setattr(blockstore, "MAP_BUDGET", 4 * MiB)
+    bodies = {f"m{i}": blob(f"m{i}", 3 * MiB + i) for i in range(8)}
+    for name, body in bodies.items():
+        store.put(body, name=name)
+    base = _rss_file()
     with store.pinned():
-        rec = store.stat("u")
-        views = mapped(store, rec, 0, rec.size)
-        assert joined(views) == body
-        release(views)
-        store.unmap(rec, 0, rec.size)
-        assert bytes(store.get("u")) == body
-        assert joined(mapped(store, rec, 0, rec.size)) == body
-        part = mapped(store, rec, 5000, MiB)
-        assert joined(part) == body[5000 : 5000 + MiB]
-        release(part)
-        store.unmap(rec, 5000, MiB)  # an unaligned part of it
-        store.unmap(rec, rec.size, 0)  # nothing
-        assert joined(mapped(store, rec, 0, rec.size)) == body
-    store.put(b"x", name="sparse-unmap")
-    store.write_at("sparse-unmap", 50 * BS, b"y")
+        kept = mapped(store, store.stat("m0"), 0, 3 * MiB)
+        for _ in range(3):
+            for name, body in bodies.items():
+                views = mapped(store, store.stat(name), 0, len(body))
+                assert joined(views) == body
+                release(views)
+                assert _rss_file() - base < 16 * MiB, "mapped pages were never dropped"
+        assert joined(kept) == bodies["m0"][: 3 * MiB]  # dropped under it: faulted back in
+        release(kept)
+    sparse = b"x" + bytes(50 * BS - 1) + b"y"
+    store.put(b"x", name="sparse")
+    store.write_at("sparse", 50 * BS, b"y")
     with store.pinned():
-        rec = store.stat("sparse-unmap")
-        assert joined(mapped(store, rec, 0, rec.size)) == b"x" + bytes(50 * BS - 1) + b"y"
-        store.unmap(rec, 0, rec.size)  # holes are skipped
-        assert joined(mapped(store, rec, 0, rec.size)) == b"x" + bytes(50 * BS - 1) + b"y"
-    assert bytes(store.get("u")) == body
+        assert joined(mapped(store, store.stat("sparse"), 0, len(sparse))) == sparse
     assert check(store).ok

@@ -509,30 +509,24 @@ class _Connection(asyncio.Protocol):
         sends it (`_get_large`); anything else takes one trip to a thread to find out (`_get`)."""
         store = self.daemon.store
         try:
-            req = _GetRequest(
-                _str(meta, "namespace", "default"),
-                _str(meta, "name"),
-                _int(meta, "offset", 0),
-                _opt_int(meta, "length"),
-            )
-            rec = store.cached(req.name, namespace=req.namespace)
-            if rec is not None and store.clip(rec, req.offset, req.length)[1] > DIRECT:
+            ns, name = _str(meta, "namespace", "default"), _str(meta, "name")
+            offset, length = _int(meta, "offset", 0), _opt_int(meta, "length")
+            if not self.send_lock.locked():  # (else a reply is under way: do not cut into it)
+                hit = store.get_cached(name, namespace=ns, offset=offset, length=length)
+                if hit is not None:
+                    rec, data = hit
+                    head = encode(h.op, h.request_id, record_meta(rec), len(data), response=True)
+                    self._send_now(head, data)
+                    return
+            req = _GetRequest(ns, name, offset, length)
+            known = store.cached(name, namespace=ns)
+            if known is not None and store.clip(known, offset, length)[1] > DIRECT:
                 self._spawn(self._get_large(h, req))
                 return
-            if self.send_lock.locked():  # a reply is under way: do not cut into it
-                self._spawn(self._get(h, req))
-                return
-            hit = store.get_cached(
-                req.name, namespace=req.namespace, offset=req.offset, length=req.length
-            )
         except ShoalError as exc:
             self._spawn(self._send(encode_error(h.op, h.request_id, exc)))
             return
-        if hit is None:
-            self._spawn(self._get(h, req))
-            return
-        rec, data = hit
-        self._send_now(encode(h.op, h.request_id, record_meta(rec), len(data), response=True), data)
+        self._spawn(self._get(h, req))
 
     async def _get(self, h: Header, req: _GetRequest) -> None:
         """A GET the event loop could not answer at once: a thread finds the object and, if it
@@ -615,11 +609,8 @@ class _Connection(asyncio.Protocol):
                 return
             _send_all(sock, encode(h.op, h.request_id, record_meta(rec), length, response=True))
             while True:
-                start = pos
                 pos += sum(len(v) for v in views)
                 rest = _send_fast(sock, views) if mapped else None
-                if mapped:
-                    store.unmap(rec, start, pos - start)
                 if rest is not None:  # a slow client: the pin goes, the copy is sent
                     pin.close()
                     mapped = False

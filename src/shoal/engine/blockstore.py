@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import mmap
+import os
 import threading
 from array import array
 from collections.abc import Callable, Iterable
@@ -28,6 +29,9 @@ _DIRECT_MIN = 256 << 10  # pieces this large bypass the page cache, checksummed 
 _DIRECT_CHUNK = 4 << 20
 _IOV_MAX = 1024
 _POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14
+# Bytes mapped between two drops of the mapping's page-table entries: a hot set this large is
+# sent without being mapped in again. A 16th of the memory, at most 1 GiB.
+MAP_BUDGET = min(1 << 30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 16)
 Data = bytes | memoryview
 T = TypeVar("T")
 _local = threading.local()
@@ -73,6 +77,7 @@ class BlockStore:
         self._mapview: memoryview | None = None
         self._map_lock = threading.Lock()
         self.mappable = True
+        self._mapped = 0  # bytes mapped in since the page-table entries were last dropped
 
     def close(self) -> None:
         """Unmap the device (after the last reader of a mapped view is done)."""
@@ -93,6 +98,7 @@ class BlockStore:
         if view is None:
             return None
         bs = self.bs
+        self._keep_resident_small((hi - lo) * bs)
         out = []
         for _, start, count in manifest.runs(lo, hi):
             if start == HOLE:
@@ -110,16 +116,17 @@ class BlockStore:
             out.append(view[start * bs : (start + count) * bs])
         return out
 
-    def unmap(self, manifest: Manifest, lo: int, hi: int) -> None:
-        """Drop this process's page-table entries for logical blocks [lo, hi) after a
-        `mapped` read (the pages stay in the page cache): the daemon's resident size stays
-        its own memory, not every object it has sent."""
-        mapping, bs = self._map, self.bs
-        if mapping is None:
-            return
-        for _, start, count in manifest.runs(lo, hi):
-            if start != HOLE:
-                mapping.madvise(mmap.MADV_DONTNEED, start * bs, count * bs)
+    def _keep_resident_small(self, nbytes: int) -> None:
+        """Mapped pages count in the process's resident size (and its OOM score) although
+        they are the page cache's: once about MAP_BUDGET bytes have been mapped, drop every
+        page-table entry of the mapping (the pages stay cached; a view still in use faults
+        them back in)."""
+        with self._map_lock:
+            self._mapped += nbytes
+            if self._mapped <= MAP_BUDGET or self._map is None:
+                return
+            self._mapped = nbytes
+            self._map.madvise(mmap.MADV_DONTNEED)
 
     def _mapping(self) -> memoryview | None:
         with self._map_lock:

@@ -914,13 +914,6 @@ class ObjectStore:
                 break
         return out
 
-    def unmap(self, rec: Record, offset: int, length: int) -> None:
-        """After a `read_mapped` of the same range, once its views are no longer used: the
-        pages leave this process's resident set (they stay in the page cache)."""
-        offset, length = self.clip(rec, offset, length)
-        bs = self.block_size
-        self.blocks.unmap(rec.manifest, offset // bs, -(-(offset + length) // bs))
-
     def _read(self, rec: Record, offset: int, length: int | None) -> memoryview:
         offset, length = self.clip(rec, offset, length)
         if length == 0:
