@@ -135,6 +135,7 @@ def cmd_master(args: argparse.Namespace) -> int:
             peer_cert=args.peer_cert, peer_key=args.peer_key, peer_ca=args.peer_ca_cert,
             listen_cert=args.listen_cert, listen_key=args.listen_key,
             heartbeat=args.heartbeat, down_after=args.down_after, out_after=args.out_after,
+            ticket_ttl=args.ticket_ttl,
         )
     )  # fmt: skip
 
@@ -269,6 +270,8 @@ def add_commands(top: Any, nonneg: Callable[[str], int]) -> None:
     v.add_argument(
         "--out-after", type=float, default=60.0, help="a daemon down this long is out (s)"
     )
+    v.add_argument("--ticket-ttl", type=float, default=3600.0,
+                   help="how long a client's ticket is good for (s)")  # fmt: skip
     v.set_defaults(func=cmd_master)
 
     v = top.add_parser("pool", help="create, list or remove pools")

@@ -35,6 +35,7 @@ class MasterConfig:
     heartbeat: float = 1.0
     down_after: float = 6.0
     out_after: float = 60.0
+    ticket_ttl: float = 3600.0
 
 
 async def serve(cfg: MasterConfig) -> None:
@@ -52,8 +53,9 @@ async def serve(cfg: MasterConfig) -> None:
             raise InvalidArgument("--listen-cert and --listen-key go together")
         client_ssl = server_context(cfg.listen_cert, cfg.listen_key)
     master = Master(
-        state, heartbeat=cfg.heartbeat, down_after=cfg.down_after, out_after=cfg.out_after
-    )
+        state, heartbeat=cfg.heartbeat, down_after=cfg.down_after, out_after=cfg.out_after,
+        ticket_ttl=cfg.ticket_ttl,
+    )  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
