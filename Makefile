@@ -3,7 +3,6 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-DATA    ?= demo
 APT_TEST_PKGS := util-linux curl
 APT_BENCH_PKGS := fio nginx-extras wrk
 
@@ -27,16 +26,10 @@ install-test: $(BIN)/python
 install-bench: $(BIN)/python
 	@command -v fio >/dev/null || ($(APT) update -qq && $(APT) install -y -qq $(APT_BENCH_PKGS))
 
-# shoal's main job, for now: one engine on a demo device file, used end to end.
+# shoal's main job: a local cluster (a master and 3 daemons under ./shoal-data, TLS on) until
+# Ctrl-C; the data is kept for the next `make up`.
 up: install
-	@mkdir -p $(DATA)
-	@test -e $(DATA)/disk.img || $(BIN)/shoal disk format $(DATA)/disk.img --size 1G
-	$(BIN)/shoal disk put $(DATA)/disk.img readme --file README.md
-	$(BIN)/shoal disk stat $(DATA)/disk.img readme
-	$(BIN)/shoal disk get $(DATA)/disk.img readme --offset 0 --length 120
-	@echo
-	$(BIN)/shoal disk ls -l $(DATA)/disk.img
-	$(BIN)/shoal disk check $(DATA)/disk.img
+	$(BIN)/shoal up
 
 lint:
 	$(BIN)/ruff format --check src tests bench
@@ -51,4 +44,4 @@ bench: install-bench
 	$(BIN)/python -m bench.daemon
 
 clean:
-	rm -rf $(VENV) $(DATA) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build *.egg-info src/*.egg-info
