@@ -26,7 +26,7 @@ from shoal.daemon.membership import Membership
 from shoal.daemon.server import Daemon
 from shoal.engine import ObjectStore
 from shoal.errors import InvalidArgument
-from shoal.tls import client_context
+from shoal.tls import client_context, server_context
 
 log = logging.getLogger("shoal.daemon")
 
@@ -79,8 +79,11 @@ async def serve(cfg: DaemonConfig, ready: asyncio.Event | None = None) -> None:
         want_host, want_port = split_address(cfg.listen)
         host, port = await daemon.start(want_host, want_port)
         lines.append(f"{host}:{port} (native)")
-        if cfg.peer:
-            phost, pport = await daemon.start(*split_address(cfg.peer))
+        if cfg.peer:  # other daemons: mutual TLS when certificates are given
+            peer_ssl = None
+            if cfg.peer_cert and cfg.peer_key and cfg.peer_ca:
+                peer_ssl = server_context(cfg.peer_cert, cfg.peer_key, cfg.peer_ca)
+            phost, pport = await daemon.start(*split_address(cfg.peer), peer_ssl)
             lines.append(f"{phost}:{pport} (peer)")
         http_addr = cfg.http or f"{host}:{want_port + 1 if want_port else 0}"
         if http_addr != "off":

@@ -26,6 +26,7 @@ import functools
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -197,9 +198,13 @@ class Daemon:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kw))
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
+    async def start(
+        self, host: str, port: int, ssl_ctx: ssl.SSLContext | None = None
+    ) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _Connection(self), host, port, backlog=1024)
+        server = await loop.create_server(
+            lambda: _Connection(self), host, port, backlog=1024, ssl=ssl_ctx
+        )
         self._servers.append(server)
         addr = server.sockets[0].getsockname()
         return addr[0], addr[1]
@@ -415,6 +420,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self._inflight: list[bytearray] = []  # buffers handed to the transport
         self._fileno = -1
+        self.tls = False
         self.direct: socket.socket | None = None  # a thread is writing a reply to this
 
     # -- transport callbacks ---------------------------------------------------------------
@@ -422,6 +428,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self._fileno = transport.get_extra_info("socket").fileno()
+        self.tls = transport.get_extra_info("ssl_object") is not None
         self.daemon.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -566,6 +573,9 @@ class _Connection(asyncio.Protocol):
     async def _get_large(self, h: Header, req: _GetRequest) -> None:
         """A GET of more than DIRECT bytes: once the socket is free, a thread sends it
         (`_send_direct`) on a duplicate of the socket's descriptor, which it closes."""
+        if self.tls:  # bytes must go through TLS: the transport writes them
+            await self._get_through_transport(h, req)
+            return
         async with self.send_lock:
             if not await self._drained():
                 return
@@ -581,6 +591,34 @@ class _Connection(asyncio.Protocol):
                 self.close()
             finally:
                 self.direct = None
+
+    async def _get_through_transport(self, h: Header, req: _GetRequest) -> None:
+        """A large GET on a TLS connection: piece by piece, each read into a buffer by a
+        thread (verified there) and written by the transport."""
+        store = self.daemon.store
+        try:
+            rec = await self.daemon.run(store.stat, req.name, namespace=req.namespace)
+            pos, length = store.clip(rec, req.offset, req.length)
+        except ShoalError as exc:
+            await self._send(encode_error(h.op, h.request_id, exc))
+            return
+        end = pos + length
+        async with self.send_lock:
+            self._send_now(encode(h.op, h.request_id, record_meta(rec), length, response=True))
+            while pos < end and not self.closed:
+                buf, stop = self._buffer(), _piece_end(pos, end)
+                try:
+                    chunk = await self.daemon.run(store.read_into, rec, pos, stop - pos, buf)
+                except ShoalError as exc:
+                    log.error("closing connection mid-GET of %s/%s: %s", rec.namespace,
+                              rec.name, exc)  # fmt: skip
+                    self._give_back(buf)
+                    self.close()
+                    return
+                self._send_now(chunk)
+                self._give_back(buf, sent=True)
+                pos = stop
+                await self.writable.wait()
 
     def _send_direct(self, h: Header, req: _GetRequest, sock: socket.socket) -> None:
         """(In a thread, which has the socket to itself.) Answer a GET of a large object: each
