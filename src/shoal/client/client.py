@@ -208,6 +208,14 @@ class AsyncClient:
         _, payload = await self._call(Op.GET, meta, idempotent=True)
         return bytes(payload)
 
+    async def get_with_info(
+        self, pool: str, name: str, *, offset: int = 0, length: int | None = None
+    ) -> tuple[ObjectInfo, bytes]:
+        """`get`, with the object's record."""
+        meta = {"namespace": pool, "name": name, "offset": offset, "length": length}
+        reply, payload = await self._call(Op.GET, meta, idempotent=True)
+        return ObjectInfo.from_meta(reply), bytes(payload)
+
     async def get_to(
         self,
         pool: str,

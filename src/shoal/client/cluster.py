@@ -13,21 +13,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any, BinaryIO, TypeVar
+
+import blake3
 
 from shoal.client.client import AsyncClient, ObjectInfo, parse_address
 from shoal.client.connection import Connection, Sink
+from shoal.client.stripes import (
+    HEAD_REF,
+    PARALLEL,
+    STRIPE,
+    Head,
+    digest,
+    stripe_namespace,
+    stripes_of,
+)
 from shoal.cluster.map import ClusterMap, MapDiff, apply
 from shoal.cluster.placement import Placer
 from shoal.engine.keys import ObjKey
-from shoal.errors import NotAuthenticated, ShoalError, StaleMap
+from shoal.errors import (
+    IntegrityError,
+    InvalidArgument,
+    NotAuthenticated,
+    NotFound,
+    ShoalError,
+    StaleMap,
+)
 from shoal.proto.frames import Op
 from shoal.tls import client_context
 
 log = logging.getLogger("shoal.client")
+Data = bytes | memoryview
 T = TypeVar("T")
 POLL_WAIT = 30.0
 ATTEMPTS = 5
@@ -201,47 +222,196 @@ class ClusterClient:
         raise last
 
     # -- objects ---------------------------------------------------------------------------
+    # An object of more than one stripe is striped (shoal.client.stripes): its stripes are
+    # placed one by one and move in parallel; its head, under its name, says where they are.
 
     async def put(self, pool: str, name: str, data: bytes | bytearray | memoryview) -> ObjKey:
-        return await self._on_primary(pool, name, lambda c: c.put(pool, name, data))
+        if len(data) <= STRIPE:
+            return await self._on_primary(pool, name, lambda c: c.put(pool, name, data))
+        mv = memoryview(data).cast("B")
+        head = Head.new(len(mv), digest(mv))
+        await self._put_stripes(pool, name, head, _slices(mv, head))
+        return await self._put_head(pool, name, head)
 
     async def put_stream(
         self, pool: str, name: str, size: int, chunks: AsyncIterator[bytes | memoryview]
     ) -> ObjKey:
-        return await self._on_primary(pool, name, lambda c: c.put_stream(pool, name, size, chunks))
+        """Store `size` bytes taken from `chunks`, a few stripes in memory at most."""
+        if size <= STRIPE:
+            buf = bytearray()
+            async for chunk in chunks:
+                buf += chunk
+            if len(buf) != size:
+                raise ValueError(f"the source gave {len(buf)} of the announced {size} bytes")
+            return await self.put(pool, name, buf)
+        head = Head.new(size, b"")
+        hasher = blake3.blake3()
+        got = 0
+
+        async def stripes() -> AsyncIterator[tuple[int, bytes]]:
+            nonlocal got
+            buf, i = bytearray(), 0
+            async for chunk in chunks:
+                buf += chunk
+                while len(buf) >= STRIPE:
+                    piece, buf = bytes(buf[:STRIPE]), buf[STRIPE:]
+                    hasher.update(piece)
+                    got += len(piece)
+                    yield i, piece
+                    i += 1
+            if buf:
+                hasher.update(buf)
+                got += len(buf)
+                yield i, bytes(buf)
+
+        await self._put_stripes(pool, name, head, stripes())
+        if got != size:
+            await self._drop_stripes(pool, name, head, -(-got // STRIPE))
+            raise ValueError(f"the source gave {got} of the announced {size} bytes")
+        return await self._put_head(pool, name, replace(head, hash=hasher.digest()))
 
     async def put_file(
         self, pool: str, name: str, f: BinaryIO, *, progress: Callable[[int], None] | None = None
     ) -> ObjKey:
-        start = f.tell()
+        size = os.fstat(f.fileno()).st_size - f.tell()
 
-        async def attempt(c: AsyncClient) -> ObjKey:
-            f.seek(start)  # (a retry starts over)
-            return await c.put_file(pool, name, f, progress=progress)
+        async def chunks() -> AsyncIterator[bytes]:
+            while chunk := await asyncio.to_thread(f.read, STRIPE):
+                yield chunk
+                if progress:
+                    progress(len(chunk))
 
-        return await self._on_primary(pool, name, attempt)
+        return await self.put_stream(pool, name, size, chunks())
+
+    async def _put_stripes(
+        self,
+        pool: str,
+        name: str,
+        head: Head,
+        pieces: AsyncIterator[tuple[int, bytes | memoryview]],
+    ) -> None:
+        ns, busy = stripe_namespace(pool), asyncio.Semaphore(PARALLEL)
+        tasks: list[asyncio.Task[ObjKey]] = []
+        try:
+            async for i, piece in pieces:
+                await busy.acquire()
+                sname = head.stripe_name(name, i)
+
+                async def one(sname: str = sname, piece: bytes | memoryview = piece) -> ObjKey:
+                    try:
+                        return await self._on_primary(
+                            pool, sname, lambda c: c.put(ns, sname, piece)
+                        )
+                    finally:
+                        busy.release()
+
+                tasks.append(asyncio.ensure_future(one()))
+                if tasks[-1].done() and tasks[-1].exception():
+                    break
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._drop_stripes(pool, name, head, len(tasks))  # nothing half-stored
+            raise
+
+    async def _put_head(self, pool: str, name: str, head: Head) -> ObjKey:
+        old = await self._head(pool, name, missing_ok=True)
+        key = await self._on_primary(
+            pool, name, lambda c: c.put(pool, name, head.encode(), refs=[HEAD_REF])
+        )
+        if old is not None and old.wid != head.wid:
+            await self._drop_stripes(pool, name, old, old.count)
+        return ObjKey(key.uuid, head.hash, head.size)
+
+    async def _drop_stripes(self, pool: str, name: str, head: Head, count: int) -> None:
+        """Delete stripes 0..count-1 of `head` (best effort: a leftover is garbage, not harm)."""
+        ns, busy = stripe_namespace(pool), asyncio.Semaphore(PARALLEL)
+
+        async def one(i: int) -> None:
+            sname = head.stripe_name(name, i)
+            async with busy:
+                with contextlib.suppress(ShoalError, ConnectionError):
+                    await self._on_primary(pool, sname, lambda c: c.delete(ns, sname))
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+
+    async def _head(self, pool: str, name: str, missing_ok: bool = False) -> Head | None:
+        """The head of `name` if it is striped (None if it is not, or is missing_ok)."""
+        try:
+            info, raw = await self._on_primary(pool, name, lambda c: c.get_with_info(pool, name))
+        except NotFound:
+            if missing_ok:
+                return None
+            raise
+        return Head.decode(raw) if HEAD_REF in info.refs else None
 
     async def get(
         self, pool: str, name: str, *, offset: int = 0, length: int | None = None
     ) -> bytes:
-        return await self._on_primary(
-            pool, name, lambda c: c.get(pool, name, offset=offset, length=length)
-        )
+        out = bytearray()
+        await self.get_to(pool, name, out.extend, offset=offset, length=length)
+        return bytes(out)
 
     async def get_to(
         self, pool: str, name: str, sink: Sink, *, offset: int = 0, length: int | None = None
     ) -> ObjectInfo:
-        return await self._on_primary(
-            pool, name, lambda c: c.get_to(pool, name, sink, offset=offset, length=length)
-        )
+        info = await self._on_primary(pool, name, lambda c: c.stat(pool, name))
+        if HEAD_REF not in info.refs:
+            return await self._on_primary(
+                pool, name, lambda c: c.get_to(pool, name, sink, offset=offset, length=length)
+            )
+        head = await self._head(pool, name)
+        assert head is not None
+        info = _striped_info(info, head)
+        if offset < 0 or (length is not None and length < 0) or offset > head.size:
+            raise InvalidArgument(f"offset {offset} is beyond the end of {pool}/{name}")
+        n = head.size - offset if length is None else min(length, head.size - offset)
+        ns = stripe_namespace(pool)
+        whole = offset == 0 and n == head.size
+        hasher = blake3.blake3() if whole else None
+
+        def fetch(i: int, start: int, count: int) -> asyncio.Task[bytes]:
+            sname = head.stripe_name(name, i)
+            return asyncio.ensure_future(self._on_primary(
+                pool, sname, lambda c: c.get(ns, sname, offset=start, length=count)
+            ))  # fmt: skip
+
+        parts = stripes_of(head, offset, n)
+        ahead: list[asyncio.Task[bytes]] = []
+        try:
+            for k, (i, _, count) in enumerate(parts):
+                while len(ahead) < PARALLEL and k + len(ahead) < len(parts):
+                    ahead.append(fetch(*parts[k + len(ahead)]))
+                piece = await ahead.pop(0)
+                if len(piece) != count:
+                    raise IntegrityError(f"{pool}/{name}: stripe {i} is short")
+                if hasher is not None:
+                    hasher.update(piece)
+                sink(memoryview(piece))
+        finally:
+            for t in ahead:
+                t.cancel()
+        if hasher is not None and hasher.digest() != head.hash:
+            raise IntegrityError(f"{pool}/{name}: its stripes do not hash to its BLAKE3")
+        return info
 
     async def stat(self, pool: str, name: str) -> ObjectInfo:
-        return await self._on_primary(pool, name, lambda c: c.stat(pool, name))
+        info = await self._on_primary(pool, name, lambda c: c.stat(pool, name))
+        if HEAD_REF not in info.refs:
+            return info
+        head = await self._head(pool, name)
+        return info if head is None else _striped_info(info, head)
 
     async def delete(self, pool: str, name: str) -> None:
+        head = await self._head(pool, name)
         await self._on_primary(pool, name, lambda c: c.delete(pool, name))
+        if head is not None:
+            await self._drop_stripes(pool, name, head, head.count)
 
     async def write_at(self, pool: str, name: str, offset: int, data: bytes) -> ObjKey:
+        """Write into an object that is not striped (block images are made of such)."""
         return await self._on_primary(pool, name, lambda c: c.write_at(pool, name, offset, data))
 
     async def list(self, pool: str, prefix: str = "") -> AsyncIterator[ObjectInfo]:
@@ -270,6 +440,20 @@ class ClusterClient:
             if info.name not in seen:
                 seen.add(info.name)
                 yield info
+
+
+def _slices(mv: memoryview, head: Head) -> AsyncIterator[tuple[int, memoryview]]:
+    async def gen() -> AsyncIterator[tuple[int, memoryview]]:
+        for i in range(head.count):
+            yield i, mv[i * head.stripe : (i + 1) * head.stripe]
+
+    return gen()
+
+
+def _striped_info(info: ObjectInfo, head: Head) -> ObjectInfo:
+    """A striped object's record as its user sees it: its size and hash, not its head's."""
+    refs = tuple(r for r in info.refs if r != HEAD_REF)
+    return replace(info, size=head.size, hash=head.hash, refs=refs)
 
 
 __all__ = ["ClusterClient", "NoDaemon"]

@@ -72,7 +72,8 @@ class Ticket:
     expires: float
 
     def allows(self, namespace: str, right: str) -> bool:
-        return right in self.rights.get(namespace, "") or right in self.rights.get("*", "")
+        pool = namespace.partition("#")[0]  # a pool's own namespaces ("pool#stripes") are its
+        return right in self.rights.get(pool, "") or right in self.rights.get("*", "")
 
     def require(self, namespace: str, right: str) -> None:
         if not self.allows(namespace, right):
