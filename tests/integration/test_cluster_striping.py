@@ -101,6 +101,8 @@ async def test_a_large_object_is_striped_over_the_daemons(cluster: Cluster) -> N
 
         info = await c.stat("p", "big")
         assert info.size == len(body) and info.hash == digest(body)
+        listed = [i async for i in c.list("p")]
+        assert [(i.name, i.size) for i in listed] == [("big", len(body))]
         assert HEAD_REF not in info.refs
         assert digest(await c.get("p", "big")) == digest(body)
         part = await c.get("p", "big", offset=STRIPE - 10, length=2 * STRIPE + 20)

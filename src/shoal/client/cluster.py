@@ -439,6 +439,11 @@ class ClusterClient:
         for info in sorted((x for p in pages.values() for x in p), key=lambda x: x.name):
             if info.name not in seen:
                 seen.add(info.name)
+                if HEAD_REF in info.refs:  # a striped object: its size is in its head
+                    head = await self._head(pool, info.name, missing_ok=True)
+                    if head is None:
+                        continue
+                    info = _striped_info(info, head)
                 yield info
 
 
