@@ -18,9 +18,7 @@ every start).
 
 from __future__ import annotations
 
-import os
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -30,26 +28,11 @@ from typing import Any
 
 from shoal.certs import issue
 from shoal.cli_cluster import CONFIG_NAME, ClusterConfig, write_config
-from shoal.daemon.process import DaemonProcess, spawn
+from shoal.daemon.process import DaemonProcess, read_until, spawn
 from shoal.errors import InvalidArgument, ShoalError
 
 _LISTEN = re.compile(r"listening on (\S+) \(peer\), (\S+) \(client\)")
 _ADMIN = re.compile(r"admin key: (\S+) (\S+)")
-
-
-def _read_lines(proc: subprocess.Popen[bytes], until: re.Pattern[str], timeout: float) -> str:
-    """What the child prints until a line matches `until` (or it dies, or time is up)."""
-    assert proc.stdout is not None
-    out, deadline = b"", time.monotonic() + timeout
-    while time.monotonic() < deadline and not until.search(out.decode(errors="replace")):
-        if select.select([proc.stdout], [], [], 0.2)[0]:
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            out += chunk
-        elif proc.poll() is not None:
-            break
-    return out.decode(errors="replace")
 
 
 class LocalCluster:
@@ -81,7 +64,9 @@ class LocalCluster:
         log = open(self.data / "master.log", "ab")  # noqa: SIM115
         self.master = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
         log.close()
-        text = _read_lines(self.master, _LISTEN, 30.0)
+        text = read_until(
+            self.master, lambda out: bool(_LISTEN.search(out.decode(errors="replace"))), 30.0
+        ).decode(errors="replace")
         m = _LISTEN.search(text)
         if m is None:
             self.stop()

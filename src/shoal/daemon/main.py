@@ -19,7 +19,9 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from shoal.daemon.http import make_app
 from shoal.daemon.membership import Membership
@@ -148,7 +150,8 @@ async def _start_http(daemon: Daemon, address: str):  # type: ignore[no-untyped-
     return server, (name[0], name[1])
 
 
-def run(cfg: DaemonConfig) -> int:
+def run_service(main: Coroutine[Any, Any, None]) -> int:
+    """Run a server's main coroutine under uvloop, logging to stderr (daemon, master)."""
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -157,7 +160,11 @@ def run(cfg: DaemonConfig) -> int:
     try:
         import uvloop
 
-        uvloop.run(serve(cfg))
+        uvloop.run(main)
     except ImportError:
-        asyncio.run(serve(cfg))
+        asyncio.run(main)
     return 0
+
+
+def run(cfg: DaemonConfig) -> int:
+    return run_service(serve(cfg))

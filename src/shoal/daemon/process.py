@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,23 @@ class DaemonProcess:
         return self.proc.returncode
 
 
+def read_until(
+    proc: subprocess.Popen[bytes], done: Callable[[bytes], bool], timeout: float
+) -> bytes:
+    """What the child prints on stdout until `done(all of it)`, it exits, or time is up."""
+    assert proc.stdout is not None
+    deadline, out = time.monotonic() + timeout, b""
+    while time.monotonic() < deadline and not done(out):
+        if select.select([proc.stdout], [], [], 0.2)[0]:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    return out
+
+
 def spawn(
     directory: Path,
     *,
@@ -62,15 +79,7 @@ def spawn(
     with open(log, "ab") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
     assert proc.stdout is not None
-    deadline, line = time.monotonic() + timeout, b""
-    while time.monotonic() < deadline and b"\n" not in line:
-        if select.select([proc.stdout], [], [], 0.5)[0]:
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            line += chunk
-        elif proc.poll() is not None:
-            break
+    line = read_until(proc, lambda out: b"\n" in out, timeout)
     roles = {role.decode(): addr.decode() for addr, role in _ROLE.findall(line)}
     if "native" not in roles:
         proc.kill()

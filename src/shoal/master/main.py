@@ -9,13 +9,11 @@ Prints `shoal master listening on H:P (peer), H:P (client)`; SIGTERM or SIGINT s
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
-import sys
 from dataclasses import dataclass
 
-from shoal.daemon.main import split_address
+from shoal.daemon.main import run_service, split_address
 from shoal.errors import InvalidArgument
 from shoal.master.server import Master
 from shoal.master.state import MasterState
@@ -72,15 +70,4 @@ async def serve(cfg: MasterConfig) -> None:
 
 
 def run(cfg: MasterConfig) -> int:
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
-    try:
-        import uvloop
-
-        uvloop.run(serve(cfg))
-    except ImportError:
-        asyncio.run(serve(cfg))
-    return 0
+    return run_service(serve(cfg))
