@@ -76,14 +76,16 @@ class LocalCluster:
         config_path = self.data / CONFIG_NAME
         admin = _ADMIN.search(text)
         if admin is not None:
-            cfg = ClusterConfig(client, admin.group(1), admin.group(2), str(tls / "ca.crt"))
+            ca = str((tls / "ca.crt").resolve())  # (the config works from any folder)
+            cfg = ClusterConfig(client, admin.group(1), admin.group(2), ca)
             print(f"admin key (shown once; also in {config_path}, mode 0600):")
             print(f"  access key: {cfg.access_key}\n  secret key: {cfg.secret}")
         elif config_path.exists():
             import json
 
             old = json.loads(config_path.read_text())
-            cfg = ClusterConfig(client, old["access_key"], old["secret_key"], old.get("ca_cert"))
+            ca = str((tls / "ca.crt").resolve())
+            cfg = ClusterConfig(client, old["access_key"], old["secret_key"], ca)
         else:
             self.stop()
             raise ShoalError(f"{config_path} is gone, and with it the admin key")

@@ -82,9 +82,11 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        for c in self._conns:
+        conns, self._conns = self._conns, []
+        for c in conns:
             c.close()
-        self._conns.clear()
+        for c in conns:
+            await c.wait_closed()
 
     async def _conn(self) -> Connection:
         best, best_load = None, 1 << 30

@@ -81,9 +81,14 @@ class ClusterClient:
         self._daemons: dict[str, AsyncClient] = {}
         self._follow: asyncio.Task[None] | None = None
         self._map_lock = asyncio.Lock()
+        self._opening = asyncio.Lock()
 
     async def __aenter__(self) -> ClusterClient:
-        await self.connect()
+        try:
+            await self.connect()
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -104,17 +109,21 @@ class ClusterClient:
         self._daemons.clear()
         if self._master is not None:
             self._master.close()
+            await self._master.wait_closed()
 
     # -- the master ------------------------------------------------------------------------
 
     async def _master_conn(self) -> Connection:
-        if self._master is None or self._master.closed:
-            host, port = self.master
-            try:
-                self._master = await Connection.open(host, port, self.timeout, ssl=self.ssl)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConnectionError(f"cannot reach the master at {host}:{port}: {exc}") from None
-        return self._master
+        async with self._opening:  # (two callers must not open two, one of them lost)
+            if self._master is None or self._master.closed:
+                host, port = self.master
+                try:
+                    self._master = await Connection.open(host, port, self.timeout, ssl=self.ssl)
+                except (OSError, ssl.SSLError) as exc:
+                    raise ConnectionError(
+                        f"cannot reach the master at {host}:{port}: {exc}"
+                    ) from None
+            return self._master
 
     async def _ask(self, op: int, meta: dict[str, Any], timeout: float | None = None) -> Any:
         conn = await self._master_conn()
@@ -143,13 +152,14 @@ class ClusterClient:
     async def refresh(self, at_least: int = 0, wait: float = 0.0) -> None:
         """Bring the map up to date (at least to epoch `at_least`, waiting up to `wait`)."""
         async with self._map_lock:
+            if at_least and self.map.epoch >= at_least:
+                return
             deadline = time.monotonic() + wait
             while True:
                 left = max(0.0, deadline - time.monotonic())
-                reply = await self._ask(
-                    Op.MAP, {"since": self.map.epoch, "wait": left if at_least else 0},
-                    timeout=self.timeout + left,
-                )  # fmt: skip
+                meta = {"since": self.map.epoch, "wait": left if at_least else 0,
+                        "ticket": await self._ticket()}  # fmt: skip
+                reply = await self._ask(Op.MAP, meta, timeout=self.timeout + left)
                 self._take(reply)
                 if self.map.epoch >= at_least or time.monotonic() >= deadline:
                     return
@@ -171,9 +181,8 @@ class ClusterClient:
             try:
                 async with self._map_lock:
                     epoch = self.map.epoch
-                reply = await self._ask(
-                    Op.MAP, {"since": epoch, "wait": POLL_WAIT}, timeout=POLL_WAIT + 10
-                )
+                meta = {"since": epoch, "wait": POLL_WAIT, "ticket": await self._ticket()}
+                reply = await self._ask(Op.MAP, meta, timeout=POLL_WAIT + 10)
                 async with self._map_lock:
                     if self.map.epoch == epoch:
                         self._take(reply)
@@ -197,25 +206,38 @@ class ClusterClient:
     async def _on_primary(
         self, pool: str, name: str, fn: Callable[[AsyncClient], Awaitable[T]]
     ) -> T:
+        """`fn` on the primary of `name`'s placement group (the first of its daemons that is
+        up), retried with a newer map or a new ticket when a daemon asks for one."""
+
+        async def call() -> T:
+            up = [self.map.daemons[i] for i in self.acting(pool, name)]
+            up = [d for d in up if d.up]
+            if not up:
+                raise NoDaemon(f"no daemon of {pool}/{name}'s placement group is up")
+            return await fn(await self._daemon(up[0].address))
+
+        return await self._retrying(pool, call)
+
+    async def _daemon(self, address: str) -> AsyncClient:
+        c = self._client(address)
+        c.epoch, c.ticket = self.map.epoch, await self._ticket()
+        return c
+
+    async def _retrying(self, pool: str, call: Callable[[], Awaitable[T]]) -> T:
+        if pool not in self.map.pools:  # made after this map?
+            await self.refresh()
+            self.map.pool(pool)  # NotFound if not
         last: BaseException | None = None
         for attempt in range(ATTEMPTS):
-            acting = self.acting(pool, name)
-            up = [self.map.daemons[i] for i in acting if self.map.daemons[i].up]
-            if not up:
-                last = NoDaemon(f"no daemon of {pool}/{name}'s placement group is up")
-                await self.refresh(self.map.epoch + 1, wait=min(2.0, 0.25 * 2**attempt))
-                continue
-            c = self._client(up[0].address)
-            c.epoch, c.ticket = self.map.epoch, await self._ticket()
             try:
-                return await fn(c)
+                return await call()
             except StaleMap as exc:
                 last = exc
                 await self.refresh(max(exc.epoch, self.map.epoch + 1), wait=2.0)
             except NotAuthenticated as exc:
                 last = exc
                 await self._auth()
-            except ConnectionError as exc:  # the daemon may be going down: ask for news
+            except (NoDaemon, ConnectionError) as exc:  # a daemon may be going down: news?
                 last = exc
                 await self.refresh(self.map.epoch + 1, wait=min(2.0, 0.25 * 2**attempt))
         assert last is not None
@@ -417,13 +439,10 @@ class ClusterClient:
     async def list(self, pool: str, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         """Every object of `pool` whose name starts with `prefix`, in name order (merged from
         every daemon that is up and in)."""
-        self.map.pool(pool)
         pages: dict[int, list[ObjectInfo]] = {}
 
         async def all_of(d_id: int) -> None:
-            d = self.map.daemons[d_id]
-            c = self._client(d.address)
-            c.epoch, c.ticket = self.map.epoch, await self._ticket()
+            c = await self._daemon(self.map.daemons[d_id].address)
             out, after = [], ""
             while True:
                 page, nxt = await c.list(pool, prefix, start_after=after)
@@ -433,8 +452,12 @@ class ClusterClient:
                 after = nxt
             pages[d_id] = out
 
-        ids = [i for i, d in self.map.daemons.items() if d.up and d.in_]
-        await asyncio.gather(*(all_of(i) for i in ids))
+        async def every() -> None:
+            pages.clear()
+            ids = [i for i, d in self.map.daemons.items() if d.up and d.in_]
+            await asyncio.gather(*(all_of(i) for i in ids))
+
+        await self._retrying(pool, every)
         seen: set[str] = set()
         for info in sorted((x for p in pages.values() for x in p), key=lambda x: x.name):
             if info.name not in seen:

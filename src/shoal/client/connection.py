@@ -10,6 +10,7 @@ ConnectionError; the pool above decides what to retry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from ssl import SSLContext
 from typing import Any, cast
@@ -48,6 +49,7 @@ class Connection(asyncio.Protocol):
         self.writable = asyncio.Event()
         self.writable.set()
         self.closed = False
+        self.lost = asyncio.Event()
         self._next_id = 0
 
     @classmethod
@@ -71,6 +73,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.lost.set()
         self.writable.set()
         err = ConnectionError(f"connection lost{f': {exc}' if exc else ''}")
         for p in self.pending.values():
@@ -129,6 +132,12 @@ class Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+    async def wait_closed(self, timeout: float = 2.0) -> None:
+        """After `close`: until the transport is gone (a TLS one says goodbye first)."""
+        if self.transport is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.lost.wait(), timeout)
 
     # -- requests ----------------------------------------------------------------------
 

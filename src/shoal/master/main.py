@@ -9,6 +9,7 @@ Prints `shoal master listening on H:P (peer), H:P (client)`; SIGTERM or SIGINT s
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from dataclasses import dataclass
@@ -50,6 +51,11 @@ async def serve(cfg: MasterConfig) -> None:
         if not (cfg.listen_cert and cfg.listen_key):
             raise InvalidArgument("--listen-cert and --listen-key go together")
         client_ssl = server_context(cfg.listen_cert, cfg.listen_key)
+    if peer_ssl is None:
+        logging.getLogger("shoal.master").warning(
+            "no --peer-cert: any process that reaches the peer address can join as a daemon "
+            "and learn the ticket key; use certificates (shoal certs) beyond a test machine"
+        )
     master = Master(
         state, heartbeat=cfg.heartbeat, down_after=cfg.down_after, out_after=cfg.out_after,
         ticket_ttl=cfg.ticket_ttl,

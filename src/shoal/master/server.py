@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -70,7 +72,9 @@ class Master:
         self.auto_out: set[int] = set()
         self.usage: dict[int, tuple[int, int]] = {}  # id -> (capacity, used), from heartbeats
         self.changed = asyncio.Condition()
-        self._servers: list[asyncio.Server] = []
+        self._listeners: list[socket.socket] = []
+        self._accepting: list[asyncio.Task[None]] = []
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
         self._conns: set[_Conn] = set()
 
@@ -78,29 +82,55 @@ class Master:
         self, peer: tuple[str, int], client: tuple[str, int],
         peer_ssl: ssl.SSLContext | None = None, client_ssl: ssl.SSLContext | None = None,
     ) -> tuple[tuple[str, int], tuple[str, int]]:  # fmt: skip
-        loop = asyncio.get_running_loop()
         out = []
         for (host, port), role, ctx in ((peer, PEER, peer_ssl), (client, CLIENT, client_ssl)):
-            server = await loop.create_server(
-                lambda role=role: _Conn(self, role), host, port, ssl=ctx, backlog=512
-            )
-            self._servers.append(server)
-            name = server.sockets[0].getsockname()
+            sock = socket.create_server((host, port), backlog=512)
+            sock.setblocking(False)
+            self._listeners.append(sock)
+            self._accepting.append(asyncio.ensure_future(self._accept_loop(sock, role, ctx)))
+            name = sock.getsockname()
             out.append((name[0], name[1]))
         self._watch = asyncio.ensure_future(self._watch_loop())
         return out[0], out[1]
+
+    async def _accept_loop(
+        self, sock: socket.socket, role: str, ctx: ssl.SSLContext | None
+    ) -> None:
+        """Accept connections one by one (not create_server: a refused TLS handshake must be
+        seen, to be logged)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, addr = await loop.sock_accept(sock)
+            task = asyncio.ensure_future(self._connect(conn, addr, role, ctx))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _connect(
+        self, conn: socket.socket, addr: Any, role: str, ctx: ssl.SSLContext | None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(
+                functools.partial(_Conn, self, role), conn, ssl=ctx,
+                ssl_handshake_timeout=10.0 if ctx else None,
+            )  # fmt: skip
+        except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as exc:
+            log.warning("%s connection from %s:%s refused: TLS handshake failed: %s",
+                        role, addr[0], addr[1], exc)  # fmt: skip
+            conn.close()
 
     async def close(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        for s in self._servers:
-            s.close()
+        for t in [*self._accepting, *self._handshakes]:
+            t.cancel()
+        await asyncio.gather(*self._accepting, *self._handshakes, return_exceptions=True)
+        for sock in self._listeners:
+            sock.close()
         for c in list(self._conns):
             c.close()
-        for s in self._servers:
-            await s.wait_closed()
 
     # -- the map -------------------------------------------------------------------------
 
@@ -135,6 +165,8 @@ class Master:
         if op == Op.PING:
             return {"pong": True, "epoch": self.map.epoch}
         if op == Op.MAP:
+            if role == CLIENT:  # a client must have proven its key (daemons: by their TLS)
+                verify(self.ticket_key, meta.get("ticket"))
             return await self._map_request(meta)
         if role == PEER:
             if op == Op.REGISTER:

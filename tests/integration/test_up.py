@@ -1,0 +1,162 @@
+"""`shoal up`, as a new user runs it: in an empty folder, a local cluster with TLS comes up,
+the admin key is shown once and kept in ./shoal-data/client.json (mode 0600), `shoal write`
+and `shoal read` work there with no flags, Ctrl-C stops everything (exit status 0, no process
+left), and the next `shoal up` keeps the data and the key."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import select
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SHOAL
+from tests.integration.cluster_helpers import (
+    all_exited,
+    children_of,
+    eventually_sync,
+    pids_under,
+    shoal,
+    shoal_env,
+    stop_process,
+)
+
+_UP = re.compile(
+    r"shoal is up: master (127\.0\.0\.1:\d+) \(TLS\), 3 of 3 daemons up, pools: default\n"
+)
+_KEY = re.compile(r"admin key \(shown once; also in shoal-data/client\.json, mode 0600\):\n"
+                  r"  access key: (\S+)\n  secret key: (\S+)\n")  # fmt: skip
+
+
+class Up:
+    """`shoal up` running in a folder; stopped with SIGINT by its PID."""
+
+    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
+        self.cwd, self.env = cwd, env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.children: list[int] = []
+        self.out = ""
+
+    def start(self, timeout: float = 60.0) -> str:
+        """Start it and wait until it says it is up; what it printed."""
+        with open(self.cwd / "up.err", "ab") as err:
+            self.proc = subprocess.Popen(
+                [*SHOAL, "up", "--base-port", "0", "--size", "256M", "--daemons", "3"],
+                cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=err,
+                stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        assert self.proc.stdout is not None
+        out, deadline = b"", time.monotonic() + timeout
+        while b"Ctrl-C stops it" not in out and time.monotonic() < deadline:
+            if select.select([self.proc.stdout], [], [], 0.2)[0]:
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                out += chunk
+            elif self.proc.poll() is not None:
+                break
+        self.out = out.decode()
+        assert "Ctrl-C stops it" in self.out, self.out + self.stderr()
+        self.children = children_of(self.proc.pid)
+        return self.out
+
+    def stderr(self) -> str:
+        return (self.cwd / "up.err").read_text(errors="replace")
+
+    def interrupt(self) -> int:
+        """Ctrl-C (SIGINT to its PID); its exit status. Its children must be gone too."""
+        assert self.proc is not None
+        rc = stop_process(self.proc, signal.SIGINT, timeout=30)
+        assert all_exited(self.children), "shoal up left its children running"
+        return rc
+
+    def kill(self) -> None:
+        """Whatever is left (after a failed test): SIGINT to `shoal up`, then SIGKILL to
+        those of its children still running in this folder, by PID."""
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGINT, timeout=30)
+        for pid in set(self.children) & set(pids_under(self.cwd)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    u = Up(tmp_path, shoal_env(tmp_path / "home"))
+    yield u
+    u.kill()
+    for blocks in (tmp_path / "shoal-data").glob("daemon*/blocks"):
+        blocks.unlink()
+
+
+def test_shoal_up_first_start_stop_and_restart(up: Up, tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return shoal(*args, env=up.env, cwd=tmp_path)
+
+    # first start: the admin key, shown once, and a client config only we can read
+    out = up.start()
+    key = _KEY.search(out)
+    assert key, out
+    m = _UP.search(out)
+    assert m, out
+    data = tmp_path / "shoal-data"
+    config = data / "client.json"
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    cfg = json.loads(config.read_text())
+    assert (cfg["master"], cfg["access_key"], cfg["secret_key"]) == (m[1], key[1], key[2])
+    assert (tmp_path / cfg["ca_cert"]).is_file()
+    assert len(up.children) == 4, "a master and three daemons"
+
+    # from that folder, with no flags at all
+    run("write", "hello", "--data-literal", "hello world")
+    assert run("read", "hello").stdout == b"hello world"
+    status = [line.strip() for line in run("status").stdout.decode().splitlines()]
+    assert "health: HEALTH_OK" in status
+    assert "daemons: 3 daemons: 3 up, 3 in" in status
+    assert "pools:   1 pools, 128 pgs" in status
+
+    # Ctrl-C: exit status 0, nothing left running
+    assert up.interrupt() == 0
+    assert "stopping ..." in up.stderr()
+    assert pids_under(tmp_path) == []
+
+    # the next start: no key shown (it is kept), the same data
+    out = up.start()
+    assert "admin key" not in out and "secret" not in out, out
+    m = _UP.search(out)
+    assert m, out
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    cfg2 = json.loads(config.read_text())
+    assert (cfg2["master"], cfg2["access_key"], cfg2["secret_key"]) == (m[1], key[1], key[2])
+    assert run("read", "hello").stdout == b"hello world"
+
+    def counts() -> list[str]:
+        text = run("status").stdout.decode()
+        return re.findall(r"daemons: \d+ daemons: \d+ up, \d+ in", text)
+
+    eventually_sync(counts, lambda c: c == ["daemons: 3 daemons: 3 up, 3 in"], timeout=10)
+    for i in range(3):  # (each daemon's data file was made once)
+        assert (data / f"daemon{i}.log").read_text().count("creating ") == 1
+    assert up.interrupt() == 0
+    assert pids_under(tmp_path) == []
+
+
+def test_client_config_works_from_another_folder(up: Up, tmp_path: Path) -> None:
+    up.start()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**up.env, "SHOAL_CONFIG": str(tmp_path / "shoal-data" / "client.json")}
+    try:
+        p = shoal("status", env=env, cwd=elsewhere, ok=False)
+        assert p.returncode == 0, p.stderr.decode()
+    finally:
+        assert up.interrupt() == 0
