@@ -59,6 +59,7 @@ async def test_a_peer_of_the_cluster_is_served_over_mutual_tls(
         assert bytes(got) == body[4 * MiB - 7 : 9 * MiB - 7]
     finally:
         conn.close()
+        await conn.wait_closed()
 
 
 @pytest.mark.asyncio
@@ -83,6 +84,7 @@ async def test_a_peer_without_the_clusters_certificate_is_turned_away(
                 await asyncio.wait_for(conn.request(Op.PING, {}), 5.0)
             finally:
                 conn.close()
+                await conn.wait_closed()
         except (ConnectionError, ssl.SSLError, OSError):
             refused = True
         assert refused, f"{what}: the daemon's peer address answered"
@@ -94,3 +96,4 @@ async def test_a_peer_without_the_clusters_certificate_is_turned_away(
         assert meta.get("pong") is True
     finally:
         conn.close()
+        await conn.wait_closed()
