@@ -483,21 +483,30 @@ class ObjectStore:
                     self._uncache(o.namespace, o.name)
                 else:
                     self._cache_put(o.record)
-            cache = self._cache
-            while len(cache) > self._cache_size:
-                self._uncache(*next(iter(cache)))
+            self._trim_cache()
+
+    def _trim_cache(self) -> None:
+        """(Under the cache lock.) The oldest entries go, down to the cache's size."""
+        cache = self._cache
+        while len(cache) > self._cache_size:
+            self._uncache(*next(iter(cache)))
 
     def _cache_put(self, rec: Record) -> None:
         """(Under the cache lock.)"""
         self._cache[(rec.namespace, rec.name)] = rec
-        ext = rec.manifest.extents
         small = self._small.setdefault(rec.namespace, {})
-        if len(ext) == 1 and ext[0][1] == 1 and ext[0][0] != HOLE:
-            small[rec.name] = (
-                (ext[0][0] * self.block_size) << 64 | rec.manifest.crcs[0] << 32 | rec.size
-            )
+        packed = self._packed(rec)
+        if packed is not None:
+            small[rec.name] = packed
         else:
             small.pop(rec.name, None)
+
+    def _packed(self, rec: Record) -> int | None:
+        """An object of one stored block as one int: byte offset << 64 | crc << 32 | size."""
+        ext = rec.manifest.extents
+        if len(ext) == 1 and ext[0][1] == 1 and ext[0][0] != HOLE:
+            return (ext[0][0] * self.block_size) << 64 | rec.manifest.crcs[0] << 32 | rec.size
+        return None
 
     def _uncache(self, namespace: str, name: str) -> None:
         """(Under the cache lock.)"""
@@ -516,8 +525,9 @@ class ObjectStore:
             check_name(namespace, name)
             raise NotFound(f"{namespace}/{name} not found")
         with self._cache_lock:
-            if gen == self._cache_gen and len(self._cache) < self._cache_size:
+            if gen == self._cache_gen:  # (else a commit may have changed it meanwhile)
                 self._cache_put(rec)
+                self._trim_cache()
         return rec
 
     @property
@@ -819,6 +829,18 @@ class ObjectStore:
         rec = self._cache.get((namespace, name))
         if rec is None or not self._nowait:
             return None
+        if not offset and length is None:  # a whole object of one block: the packed entry
+            small = self._small.get(namespace)
+            v = small.get(name) if small is not None else None
+            if v is not None and v == self._packed(rec):  # (both of one revision)
+                buf = bytearray(self.block_size)
+                try:
+                    n = os.preadv(self._fd, [buf], v >> 64, os.RWF_NOWAIT)
+                except OSError:  # not in the page cache (or no RWF_NOWAIT): the long way
+                    return None
+                if n != len(buf) or _crc(buf) != (v >> 32) & 0xFFFFFFFF:
+                    return None  # the long way re-checks the record and reports damage
+                return rec, memoryview(buf)[: v & 0xFFFFFFFF]
         offset, length = self.clip(rec, offset, length)
         if length > _NOWAIT_MAX:
             return None
