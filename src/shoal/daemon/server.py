@@ -7,11 +7,12 @@ connection; each reply carries its request id.
 
 Payloads: a small PUT is gathered and stored with one `put` (so concurrent small PUTs share
 the engine's group commit); a large one streams to an engine writer in pieces of a few MiB
-while reading from the socket is paused, so it is never held whole. A GET reads each piece
-once into a reused buffer and verifies it there; a large reply is then written to the socket
-from that buffer by the same thread (uvloop keeps the GIL while it writes, so the event loop
-would otherwise spend its time copying). A checksum failure in the middle of a streamed GET
-closes the connection: the client sees a short payload, never a wrong byte.
+while reading from the socket is paused, so it is never held whole. A small GET is read and
+verified in one trip to a thread (or on the event loop, if it is hot) and goes out through
+the transport. A large one is verified piece by piece in the page cache and written to the
+socket from there by one thread (`_send_direct`; uvloop keeps the GIL while it writes, so
+the event loop would otherwise spend its time copying). A checksum failure in the middle of
+a streamed GET closes the connection: the client sees a short payload, never a wrong byte.
 
 Bad input closes only the connection it came on: a frame that is not ours, an oversized
 frame, a payload cut short by a dropped connection (the half-written object is aborted:
@@ -540,7 +541,7 @@ class _Connection(asyncio.Protocol):
         is small, reads it; the reply goes out through the transport. A large one goes on to
         `_get_large`."""
         store = self.daemon.store
-        buf = self._buffer()
+        buf = bytearray(DIRECT + BLOCK)  # the blocks of at most DIRECT bytes
         try:
 
             def fetch() -> tuple[Record, int, memoryview | None]:
@@ -557,18 +558,13 @@ class _Connection(asyncio.Protocol):
 
             rec, length, chunk = await self.daemon.run(fetch)
         except ShoalError as exc:
-            self._give_back(buf)
             await self._send(encode_error(h.op, h.request_id, exc))
             return
         if chunk is None:
-            self._give_back(buf)
             await self._get_large(h, req)
             return
-        async with self.send_lock:
-            head = encode(h.op, h.request_id, record_meta(rec), length, response=True)
-            self._send_now(head, chunk)
-            self._give_back(buf, sent=True)
-            await self.writable.wait()
+        head = encode(h.op, h.request_id, record_meta(rec), length, response=True)
+        await self._send(head, chunk)
 
     async def _get_large(self, h: Header, req: _GetRequest) -> None:
         """A GET of more than DIRECT bytes: once the socket is free, a thread sends it
@@ -648,13 +644,13 @@ class _Connection(asyncio.Protocol):
             _send_all(sock, encode(h.op, h.request_id, record_meta(rec), length, response=True))
             while True:
                 pos += sum(len(v) for v in views)
-                rest = _send_fast(sock, views) if mapped else None
-                if rest is not None:  # a slow client: the pin goes, the copy is sent
-                    pin.close()
+                if not mapped:
+                    for view in views:
+                        _send_all(sock, view)
+                elif (rest := _send_fast(sock, views)) is not None:
+                    pin.close()  # a slow client: the pin goes, the copy is sent
                     mapped = False
-                    views = [rest]
-                for view in views if not mapped else ():
-                    _send_all(sock, view)
+                    _send_all(sock, rest)
                 if pos >= end or self.closed:
                     return
                 views, mapped = self._piece(rec, pos, end, mapped)

@@ -62,7 +62,6 @@ _LEADER_WRITES = 64 << 10  # puts up to this size hand their data to the group c
 _GROW_MIN, _GROW_MAX = 256, 16384  # blocks reserved at a time by a writer of unknown size
 
 Data = bytes | bytearray | memoryview
-_pread = os.pread
 _crc = crc32c.crc32c
 
 
@@ -501,6 +500,16 @@ class ObjectStore:
         else:
             small.pop(rec.name, None)
 
+    def _read_packed(self, v: int, flags: int) -> memoryview | None:
+        """The bytes of the one-block object whose packed entry is `v`, read with preadv
+        `flags`; None if they do not match its crc (the caller looks again the long way)."""
+        buf = bytearray(self.block_size)
+        n = os.preadv(self._fd, [buf], v >> 64, flags)
+        if n != len(buf) or _crc(buf) != (v >> 32) & 0xFFFFFFFF:
+            return None
+        size = v & 0xFFFFFFFF
+        return memoryview(buf) if size == len(buf) else memoryview(buf)[:size]
+
     def _packed(self, rec: Record) -> int | None:
         """An object of one stored block as one int: byte offset << 64 | crc << 32 | size."""
         ext = rec.manifest.extents
@@ -793,10 +802,9 @@ class ObjectStore:
             small = self._small.get(namespace)
             v = small.get(name) if small is not None else None
             if v is not None:
-                b = _pread(self._fd, self.block_size, v >> 64)
-                if _crc(b) == (v >> 32) & 0xFFFFFFFF:
-                    size = v & 0xFFFFFFFF
-                    return memoryview(b) if size == len(b) else memoryview(b)[:size]
+                hit = self._read_packed(v, 0)
+                if hit is not None:
+                    return hit
         rec = self._record(namespace, name)
         for _ in range(4):
             try:
@@ -833,14 +841,12 @@ class ObjectStore:
             small = self._small.get(namespace)
             v = small.get(name) if small is not None else None
             if v is not None and v == self._packed(rec):  # (both of one revision)
-                buf = bytearray(self.block_size)
                 try:
-                    n = os.preadv(self._fd, [buf], v >> 64, os.RWF_NOWAIT)
+                    data = self._read_packed(v, os.RWF_NOWAIT)
                 except OSError:  # not in the page cache (or no RWF_NOWAIT): the long way
                     return None
-                if n != len(buf) or _crc(buf) != (v >> 32) & 0xFFFFFFFF:
-                    return None  # the long way re-checks the record and reports damage
-                return rec, memoryview(buf)[: v & 0xFFFFFFFF]
+                # (None: the long way re-checks the record and reports damage)
+                return None if data is None else (rec, data)
         offset, length = self.clip(rec, offset, length)
         if length > _NOWAIT_MAX:
             return None
