@@ -3,14 +3,8 @@ parallel, under a head written last. Against a real master and four daemons."""
 
 from __future__ import annotations
 
-import os
-import re
-import select
-import signal
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,54 +13,19 @@ from shoal.client import AsyncClient
 from shoal.client.cluster import ClusterClient
 from shoal.client.stripes import HEAD_REF, STRIPE, stripe_namespace
 from shoal.errors import NotFound
-from tests.conftest import SHOAL, DaemonProcess, remove_data, start_daemon
+from tests.integration.cluster_helpers import MasterProcess, start_master, start_member, stop_all
 from tests.integration.daemon_helpers import MiB, data, digest
-
-_LISTEN = re.compile(rb"listening on (\S+) \(peer\), (\S+) \(client\)")
-_ADMIN = re.compile(rb"admin key: (\S+) (\S+)")
-
-
-@dataclass
-class Cluster:
-    master: subprocess.Popen[bytes]
-    client_address: str
-    access: str
-    secret: str
-    daemons: list[DaemonProcess]
-
-    def client(self) -> ClusterClient:
-        return ClusterClient(self.client_address, self.access, self.secret)
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    cmd = [*SHOAL, "master", "--dir", str(tmp_path / "m"), "--peer-address", "127.0.0.1:0",
-           "--listen-address", "127.0.0.1:0", "--heartbeat", "0.2"]  # fmt: skip
-    with open(tmp_path / "master.log", "wb") as log:
-        master = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
-    assert master.stdout is not None
-    out, deadline = b"", time.monotonic() + 30
-    while not _LISTEN.search(out) and time.monotonic() < deadline:
-        if select.select([master.stdout], [], [], 0.2)[0]:
-            out += os.read(master.stdout.fileno(), 4096)
-    listen, admin = _LISTEN.search(out), _ADMIN.search(out)
-    assert listen and admin, out
-    daemons = []
+def cluster(tmp_path: Path) -> Iterator[MasterProcess]:
+    master = start_master(tmp_path / "m", "--heartbeat", "0.2")
     try:
         for i in range(4):
-            daemons.append(start_daemon(
-                tmp_path / f"d{i}", "--master", listen.group(1).decode(), "--host", f"h{i}",
-                size="256M",
-            ))  # fmt: skip
-        yield Cluster(master, listen.group(2).decode(), admin.group(1).decode(),
-                      admin.group(2).decode(), daemons)  # fmt: skip
+            start_member(master, tmp_path / f"d{i}", f"h{i}", size="256M")
+        yield master
     finally:
-        for d in daemons:
-            assert d.stop() == 0
-            remove_data(d)
-        master.send_signal(signal.SIGTERM)
-        assert master.wait(timeout=20) == 0
-        master.stdout.close()
+        assert not stop_all(master)
 
 
 async def _ready(c: ClusterClient, n: int) -> None:
@@ -79,9 +38,9 @@ async def _ready(c: ClusterClient, n: int) -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_large_object_is_striped_over_the_daemons(cluster: Cluster) -> None:
+async def test_a_large_object_is_striped_over_the_daemons(cluster: MasterProcess) -> None:
     body = data("striped", 10 * STRIPE + 12345)
-    async with cluster.client() as c:
+    async with cluster.client_for() as c:
         await _ready(c, 4)
         key = await c.put("p", "big", body)
         assert key.size == len(body) and key.hash == digest(body)
@@ -130,7 +89,7 @@ async def test_a_large_object_is_striped_over_the_daemons(cluster: Cluster) -> N
 
 
 @pytest.mark.asyncio
-async def test_a_streamed_upload_is_striped_without_holding_it(cluster: Cluster) -> None:
+async def test_a_streamed_upload_is_striped_without_holding_it(cluster: MasterProcess) -> None:
     size = 6 * STRIPE + 777
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -138,7 +97,7 @@ async def test_a_streamed_upload_is_striped_without_holding_it(cluster: Cluster)
             yield data(f"s{k}", min(MiB, size - k))
 
     body = b"".join([data(f"s{k}", min(MiB, size - k)) for k in range(0, size, MiB)])
-    async with cluster.client() as c:
+    async with cluster.client_for() as c:
         await _ready(c, 4)
         key = await c.put_stream("p", "streamed", size, chunks())
         assert key.size == size and key.hash == digest(body)
