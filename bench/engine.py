@@ -186,7 +186,7 @@ def engine_put4k_batched(store: ObjectStore, batch: int, seconds: float) -> dict
     with Phase() as ph:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            items = [("default", f"b{done + i}", data, (), False) for i in range(batch)]
+            items = [("default", f"b{done + i}", data, (), False, None) for i in range(batch)]
             store.put_many(items)
             done += batch
     delta = {k: v - before[k] for k, v in store.stats.items()}

@@ -487,6 +487,9 @@ def cmd_daemon(args: argparse.Namespace) -> int:
             peer_key=args.peer_key,
             peer_ca=args.peer_ca_cert,
             host=args.host,
+            recovery_interval=args.recovery_interval,
+            recovery_rate=args.recovery_rate * 1e6,
+            scrub_interval=args.scrub_interval,
         )
     )
 
@@ -567,6 +570,27 @@ def build_parser() -> argparse.ArgumentParser:
         v.add_argument("--peer-key", "-peer-key", help="its private key")
         v.add_argument("--peer-ca-cert", "-peer-ca-cert", help="the cluster's CA certificate")
         v.add_argument("--host", help="failure domain name (default: this machine's hostname)")
+        v.add_argument(
+            "--recovery-interval",
+            type=float,
+            default=10.0,
+            metavar="S",
+            help="seconds between recovery passes (and on every map change)",
+        )
+        v.add_argument(
+            "--recovery-rate",
+            type=float,
+            default=200.0,
+            metavar="MB/S",
+            help="at most this many MB/s fetched by recovery (0: no limit)",
+        )
+        v.add_argument(
+            "--scrub-interval",
+            type=float,
+            default=86400.0,
+            metavar="S",
+            help="seconds between background scrubs",
+        )
         v.add_argument("--access-key", help="(admin verbs) the key to use")
         v.add_argument("--secret-key")
         v.add_argument("--ca-cert", help="(admin verbs) the cluster's CA certificate")

@@ -57,3 +57,17 @@ class StaleMap(ShoalError):
 
 class NotAuthenticated(ShoalError):
     """Unknown key, wrong secret, a ticket that is forged or expired, or no ticket at all."""
+
+
+class Superseded(ShoalError):
+    """A replicated change older than the copy it was sent to: the copy already has a newer
+    version (or this one), so there is nothing to do."""
+
+    def __init__(self, message: str, version: int = 0) -> None:
+        super().__init__(message)
+        self.version = version
+
+
+class Unavailable(ShoalError):
+    """The cluster cannot serve this now (too few replicas up, a replica unreachable, a copy
+    still recovering): nothing was changed; retry, or try another replica."""

@@ -391,22 +391,22 @@ def test_put_many_commits_a_batch_and_refuses_each_bad_one(store: ObjectStore) -
     store.put(b"v1", name="dup")
     before = store.stats["groups"]
     items = [
-        ("default", "a", b"A" * 5000, (), False),
-        ("default", "", b"bad name", (), False),
-        ("default", "p", b"replace a permanent one", (), False),
-        ("default", "dup", b"v2", (), False),
-        ("default", "dup", b"v3", (), False),  # the later one in the same batch wins
-        ("default", None, b"unnamed", (), False),
-        ("default", "big", bytes(100_000), (), False),
+        ("default", "a", b"A" * 5000, (), False, None),
+        ("default", "", b"bad name", (), False, None),
+        ("default", "p", b"replace a permanent one", (), False, None),
+        ("default", "dup", b"v2", (), False, None),
+        ("default", "dup", b"v3", (), False, None),  # the later one in the same batch wins
+        ("default", None, b"unnamed", (), False, None),
+        ("default", "big", bytes(100_000), (), False, None),
     ]
     out = store.put_many(items)
     assert store.stats["groups"] == before + 1, "one group for the whole batch"
     assert [type(r).__name__ for r in out] == [
-        "ObjKey", "InvalidArgument", "Forbidden", "ObjKey", "ObjKey", "ObjKey", "InvalidArgument",
+        "Record", "InvalidArgument", "Forbidden", "Record", "Record", "Record", "InvalidArgument",
     ]  # fmt: skip
     assert store.get("a") == b"A" * 5000
     assert store.get("p") == b"old"
     assert store.get("dup") == b"v3" and store.stat("dup").version == 3
-    assert store.get(str(out[5].uuid)) == b"unnamed"  # type: ignore[union-attr]
+    assert store.get(out[5].name) == b"unnamed"  # type: ignore[union-attr]
     report = check(store)
     assert report.ok, report.problems

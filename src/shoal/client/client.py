@@ -15,6 +15,7 @@ import threading
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Any, BinaryIO, TypeVar
 
 from shoal.client.connection import Connection, Sink
@@ -63,8 +64,15 @@ def _key(meta: dict[str, Any]) -> ObjKey:
 
 class AsyncClient:
     def __init__(
-        self, address: str, *, pool_size: int = 4, timeout: float = 60.0, retries: int = 3
+        self,
+        address: str,
+        *,
+        pool_size: int = 4,
+        timeout: float = 60.0,
+        retries: int = 3,
+        ssl: SSLContext | None = None,
     ) -> None:
+        self.ssl = ssl
         self.host, self.port = parse_address(address)
         self.pool_size = pool_size
         self.timeout = timeout
@@ -107,7 +115,7 @@ class AsyncClient:
             if len(self._conns) >= self.pool_size:  # others opened while we waited
                 return min(self._conns, key=lambda c: c.load)
             try:
-                conn = await Connection.open(self.host, self.port, self.timeout)
+                conn = await Connection.open(self.host, self.port, self.timeout, ssl=self.ssl)
             except OSError as exc:
                 raise ConnectionError(
                     f"cannot reach the daemon at {self.host}:{self.port}: {exc}"

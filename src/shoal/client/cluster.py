@@ -43,6 +43,7 @@ from shoal.errors import (
     NotFound,
     ShoalError,
     StaleMap,
+    Unavailable,
 )
 from shoal.proto.frames import Op
 from shoal.tls import client_context
@@ -218,6 +219,28 @@ class ClusterClient:
 
         return await self._retrying(pool, call)
 
+    async def _on_replicas(
+        self, pool: str, name: str, fn: Callable[[AsyncClient], Awaitable[T]]
+    ) -> T:
+        """`fn` (a read) on the first daemon of `name`'s placement group that can serve it:
+        one that is catching up, has a bad copy or is unreachable passes to the next."""
+
+        async def call() -> T:
+            up = [self.map.daemons[i] for i in self.acting(pool, name)]
+            up = [d for d in up if d.up]
+            if not up:
+                raise NoDaemon(f"no daemon of {pool}/{name}'s placement group is up")
+            last: BaseException | None = None
+            for d in up:
+                try:
+                    return await fn(await self._daemon(d.address))
+                except (Unavailable, IntegrityError, ConnectionError, TimeoutError) as exc:
+                    last = exc
+            assert last is not None
+            raise last
+
+        return await self._retrying(pool, call)
+
     async def _daemon(self, address: str) -> AsyncClient:
         c = self._client(address)
         c.epoch, c.ticket = self.map.epoch, await self._ticket()
@@ -228,7 +251,10 @@ class ClusterClient:
             await self.refresh()
             self.map.pool(pool)  # NotFound if not
         last: BaseException | None = None
-        for attempt in range(ATTEMPTS):
+        deadline = time.monotonic() + self.timeout
+        attempt = 0
+        while attempt < ATTEMPTS or time.monotonic() < deadline:
+            attempt += 1
             try:
                 return await call()
             except StaleMap as exc:
@@ -237,9 +263,10 @@ class ClusterClient:
             except NotAuthenticated as exc:
                 last = exc
                 await self._auth()
-            except (NoDaemon, ConnectionError) as exc:  # a daemon may be going down: news?
+            except (NoDaemon, Unavailable, ConnectionError, TimeoutError) as exc:
+                # A daemon may be going down, or catching up: news of the map, then again.
                 last = exc
-                await self.refresh(self.map.epoch + 1, wait=min(2.0, 0.25 * 2**attempt))
+                await self.refresh(self.map.epoch + 1, wait=min(1.0, 0.1 * 2**attempt))
         assert last is not None
         raise last
 
@@ -362,7 +389,7 @@ class ClusterClient:
     async def _head(self, pool: str, name: str, missing_ok: bool = False) -> Head | None:
         """The head of `name` if it is striped (None if it is not, or is missing_ok)."""
         try:
-            info, raw = await self._on_primary(pool, name, lambda c: c.get_with_info(pool, name))
+            info, raw = await self._on_replicas(pool, name, lambda c: c.get_with_info(pool, name))
         except NotFound:
             if missing_ok:
                 return None
@@ -379,9 +406,9 @@ class ClusterClient:
     async def get_to(
         self, pool: str, name: str, sink: Sink, *, offset: int = 0, length: int | None = None
     ) -> ObjectInfo:
-        info = await self._on_primary(pool, name, lambda c: c.stat(pool, name))
+        info = await self._on_replicas(pool, name, lambda c: c.stat(pool, name))
         if HEAD_REF not in info.refs:
-            return await self._on_primary(
+            return await self._on_replicas(
                 pool, name, lambda c: c.get_to(pool, name, sink, offset=offset, length=length)
             )
         head = await self._head(pool, name)
@@ -396,7 +423,7 @@ class ClusterClient:
 
         def fetch(i: int, start: int, count: int) -> asyncio.Task[bytes]:
             sname = head.stripe_name(name, i)
-            return asyncio.ensure_future(self._on_primary(
+            return asyncio.ensure_future(self._on_replicas(
                 pool, sname, lambda c: c.get(ns, sname, offset=start, length=count)
             ))  # fmt: skip
 
@@ -420,7 +447,7 @@ class ClusterClient:
         return info
 
     async def stat(self, pool: str, name: str) -> ObjectInfo:
-        info = await self._on_primary(pool, name, lambda c: c.stat(pool, name))
+        info = await self._on_replicas(pool, name, lambda c: c.stat(pool, name))
         if HEAD_REF not in info.refs:
             return info
         head = await self._head(pool, name)

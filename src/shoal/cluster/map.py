@@ -36,6 +36,7 @@ class DaemonInfo:
     http_address: str = ""  # its read-only HTTP endpoint
     capacity: int = 0  # bytes, as reported
     used: int = 0
+    up_from: int = 0  # the epoch since which it has been up: its copies are current only after
 
     def __post_init__(self) -> None:
         if not 0 <= self.id < MAX_DAEMON_ID:
@@ -52,6 +53,7 @@ class DaemonInfo:
             "id": self.id, "address": self.address, "host": self.host, "weight": self.weight,
             "up": self.up, "in": self.in_, "peer_address": self.peer_address,
             "http_address": self.http_address, "capacity": self.capacity, "used": self.used,
+            "up_from": self.up_from,
         }  # fmt: skip
 
     @classmethod
@@ -59,7 +61,7 @@ class DaemonInfo:
         return cls(
             int(d["id"]), str(d["address"]), str(d["host"]), int(d["weight"]), bool(d["up"]),
             bool(d["in"]), str(d.get("peer_address", "")), str(d.get("http_address", "")),
-            int(d.get("capacity", 0)), int(d.get("used", 0)),
+            int(d.get("capacity", 0)), int(d.get("used", 0)), int(d.get("up_from", 0)),
         )  # fmt: skip
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from shoal.daemon.http import make_app
 from shoal.daemon.membership import Membership
+from shoal.daemon.replication import Replication
 from shoal.daemon.server import Daemon
 from shoal.engine import ObjectStore
 from shoal.errors import InvalidArgument
@@ -49,6 +50,9 @@ class DaemonConfig:
     peer_key: str | None = None
     peer_ca: str | None = None
     host: str | None = None  # the failure domain it reports (default: this machine's name)
+    recovery_interval: float = 10.0
+    recovery_rate: float = 200e6  # bytes/s
+    scrub_interval: float = 86400.0
 
 
 def split_address(text: str) -> tuple[str, int]:
@@ -94,6 +98,11 @@ async def serve(cfg: DaemonConfig, ready: asyncio.Event | None = None) -> None:
         print("shoal daemon listening on " + ", ".join(lines), flush=True)
         if cfg.master:
             daemon.cluster = _membership(cfg, store, lines)
+            daemon.replication = Replication(
+                daemon, daemon.cluster, daemon.cluster.ssl, interval=cfg.recovery_interval,
+                rate=cfg.recovery_rate, scrub_interval=cfg.scrub_interval,
+            )  # fmt: skip
+            daemon.replication.start()
             daemon.cluster.start()
         if ready is not None:
             ready.set()
@@ -103,6 +112,8 @@ async def serve(cfg: DaemonConfig, ready: asyncio.Event | None = None) -> None:
             http_server.should_exit = True
             with contextlib.suppress(Exception):
                 await http_server.shutdown()
+        if daemon.replication is not None:
+            await daemon.replication.close()
         if daemon.cluster is not None:
             await daemon.cluster.close()
         await daemon.close()

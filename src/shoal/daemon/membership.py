@@ -42,6 +42,11 @@ class Membership:
         self.registered = asyncio.Event()
         self.map_changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Heartbeats carry `figures()` (recovery and scrub counts); the reply's requests (a
+        # scrub, a recovery pass) go to `on_reply`. `on_map` hears of every new epoch.
+        self.figures: Callable[[], dict[str, Any]] | None = None
+        self.on_reply: Callable[[dict[str, Any]], None] | None = None
+        self.on_map: Callable[[], None] | None = None
 
     @property
     def epoch(self) -> int:
@@ -98,10 +103,14 @@ class Membership:
             info = self.info()
             meta = {"id": self.id, "capacity": info.get("capacity", 0),
                     "used": info.get("used", 0)}  # fmt: skip
+            if self.figures is not None:
+                meta["recovery"] = self.figures()
             async with asyncio.timeout(max(5.0, 5 * self.heartbeat)):
                 reply, _ = await conn.request(Op.HEARTBEAT, meta, epoch=self.epoch)
             if int(reply.get("epoch", 0)) > self.epoch:
                 self.map_changed.set()  # (the follower fetches it)
+            if self.on_reply is not None:
+                self.on_reply(reply)
 
     async def _follow(self, conn: Connection) -> None:
         while True:
@@ -118,8 +127,11 @@ class Membership:
                 self._set(apply(self.map, d))
 
     def _set(self, m: ClusterMap) -> None:
-        if m.epoch != self.map.epoch:
+        changed = m.epoch != self.map.epoch
+        if changed:
             log.info("map epoch %d", m.epoch)
         self.map = m
+        if changed and self.on_map is not None:
+            self.on_map()
         self.map_changed.set()
         self.map_changed.clear()

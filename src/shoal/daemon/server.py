@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from shoal.cluster.auth import Ticket, verify
 from shoal.daemon.membership import Membership
@@ -41,10 +41,12 @@ from shoal.engine import ObjectStore, ObjectWriter, ObjKey, Record
 from shoal.errors import (
     Conflict,
     Forbidden,
+    IntegrityError,
     InvalidArgument,
     NotAuthenticated,
     ShoalError,
     StaleMap,
+    Superseded,
 )
 from shoal.proto.frames import (
     MAX_PAYLOAD,
@@ -59,11 +61,15 @@ from shoal.proto.frames import (
     encode_error,
 )
 
+if TYPE_CHECKING:
+    from shoal.daemon.replication import Replication
+
 log = logging.getLogger("shoal.daemon")
 
 SMALL = 1 << 20  # payloads up to this are gathered whole
 PIECE = 4 << 20  # larger ones go to the engine in pieces of this size
 MAX_WRITE_AT = 64 << 20  # a write-at-offset is gathered whole: bounded
+FORWARD_MAX = 64 << 20  # (shoal.daemon.replication's: a replicated object is sent whole)
 MAX_INFLIGHT = 256  # requests per connection before reading pauses
 POOL_BUFFERS = 8  # free streaming buffers kept (x PIECE bytes)
 BATCHED_PUT = 64 << 10  # PUTs up to this size are gathered into batches ...
@@ -159,21 +165,25 @@ class Daemon:
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="shoal-io")
         self.connections: set[_Connection] = set()
         self.buffers: list[bytearray] = []  # free PIECE-sized buffers for streamed GETs
-        self._puts: list[tuple[tuple[str, str | None, Any, list[bytes], bool], Any]] = []
+        self._puts: list[tuple[tuple[str, str | None, Any, list[bytes], bool, int | None], Any]]
+        self._puts = []
         self._put_tasks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
         self.cluster: Membership | None = None  # set when the daemon is part of a cluster
+        self.replication: Replication | None = None  # (and its part in keeping N copies)
         self._tickets: dict[bytes, Ticket] = {}  # verified tickets, by their bytes
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._repairs: set[asyncio.Task[None]] = set()
 
     async def put_small(
         self, namespace: str, name: str | None, data: bytes | bytearray, refs: list[bytes],
-        permanent: bool,
-    ) -> ObjKey:  # fmt: skip
+        permanent: bool, version: int | None = None,
+    ) -> Record:  # fmt: skip
         """Store a small object with the others that arrive meanwhile: the event loop gathers
         concurrent small PUTs and hands each gathering to the engine as one batch (one thread,
         one group commit), while the previous batch commits."""
-        fut: asyncio.Future[ObjKey] = asyncio.get_running_loop().create_future()
-        self._puts.append(((namespace, name, data, refs, permanent), fut))
+        fut: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
+        self._puts.append(((namespace, name, data, refs, permanent, version), fut))
         if len(self._put_tasks) < PUT_BATCHES:
             task = asyncio.ensure_future(self._put_batches())
             self._put_tasks.add(task)
@@ -195,6 +205,20 @@ class Daemon:
                 else:
                     fut.set_result(result)
 
+    def bad_read(self, namespace: str, name: str, exc: BaseException) -> None:
+        """(Any thread.) A read failed: if this copy has bad blocks and the daemon is part of
+        a cluster, fetch it again from another replica."""
+        repl, loop = self.replication, self._loop
+        if repl is None or loop is None or not isinstance(exc, IntegrityError):
+            return
+
+        def start() -> None:
+            task = asyncio.ensure_future(repl.repair_soon(namespace, name))
+            self._repairs.add(task)
+            task.add_done_callback(self._repairs.discard)
+
+        loop.call_soon_threadsafe(start)
+
     async def run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kw))
@@ -202,7 +226,7 @@ class Daemon:
     async def start(
         self, host: str, port: int, ssl_ctx: ssl.SSLContext | None = None
     ) -> tuple[str, int]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: _Connection(self), host, port, backlog=1024, ssl=ssl_ctx
         )
@@ -243,7 +267,8 @@ class Daemon:
                     self._tickets.clear()
                 self._tickets[raw] = t  # (verify took only bytes)
             ns = meta.get("namespace", "default")
-            t.require(ns if isinstance(ns, str) else "", _RIGHT.get(h.op, "a"))
+            right = "a" if meta.get("replica") else _RIGHT.get(h.op, "a")  # (daemons' own)
+            t.require(ns if isinstance(ns, str) else "", right)
         except (NotAuthenticated, Forbidden) as exc:
             log.warning("refused op %d: %s", h.op, exc)
             return exc
@@ -256,9 +281,14 @@ class Daemon:
         store = self.store
         if op == Op.PING:
             return {"pong": True}, None
+        repl = self.replication
+        if op in (Op.SCAN, Op.HAVE) and repl is not None:
+            return await repl.handle(op, meta), None
         if op not in (Op.LIST, Op.STAT, Op.DELETE, Op.REFS):
             raise InvalidArgument(f"unknown operation {op}")
         ns = _str(meta, "namespace", "default")
+        if repl is not None and op != Op.LIST:
+            return await self.handle_replicated(repl, op, ns, _str(meta, "name"), meta), None
         if op == Op.LIST:
             prefix, after = _str(meta, "prefix", ""), _str(meta, "start_after", "")
             limit = min(_int(meta, "limit", 1000), 10000)
@@ -286,6 +316,72 @@ class Daemon:
                 refs = await self.run(store.remove_refs, name, remove, namespace=ns)
             return {"refs": list(refs)}, None
         raise InvalidArgument(f"unknown operation {op}")
+
+    async def handle_replicated(
+        self, repl: Replication, op: int, ns: str, name: str, meta: dict[str, Any]
+    ) -> dict[str, Any]:
+        """STAT, DELETE and REFS in a cluster: a client's on the primary (changes replicated
+        before the reply), or a peer's (a replicated delete at the primary's version)."""
+        store = self.store
+        if meta.get("replica"):
+            if op == Op.STAT:
+                return record_meta(await self.run(store.stat, name, namespace=ns))
+            if op != Op.DELETE:
+                raise InvalidArgument(f"operation {op} is not replicated")
+            try:
+                await self.run(store.remove, name, namespace=ns, version=_int(meta, "version"))
+            except Superseded as exc:
+                return {"version": exc.version, "superseded": True}
+            return {"version": meta["version"]}
+        if op == Op.STAT:
+            repl.require_current(ns, name)
+            return record_meta(await self.run(store.stat, name, namespace=ns))
+        replicas = repl.replicas_for_write(ns, name)
+        if op == Op.DELETE:
+            _, tomb = await self.run(
+                store.remove, name, namespace=ns, zero=bool(meta.get("zero")),
+                discard=bool(meta.get("discard")),
+            )  # fmt: skip
+            assert tomb is not None
+            await repl.forward_delete(replicas, tomb)
+            return {"version": tomb.version}
+        repl.require_current(ns, name)  # (a change made to a stale copy would spread)
+        add, remove = _refs(meta, "add"), _refs(meta, "remove")
+        if add:
+            await self.run(store.add_refs, name, add, namespace=ns)
+        if remove:
+            await self.run(store.remove_refs, name, remove, namespace=ns)
+        await self.forward_current(repl, replicas, ns, name)
+        try:
+            return {"refs": list((await self.run(store.stat, name, namespace=ns)).refs)}
+        except ShoalError:
+            return {"refs": []}
+
+    async def forward_current(
+        self, repl: Replication, replicas: list[int], ns: str, name: str
+    ) -> Record | None:
+        """Send the object as it is now (or its tombstone) to `replicas`; its record."""
+        head = await self.run(self.store.head, name, namespace=ns)
+        if head is None:
+            return None
+        if head.deleted:
+            await repl.forward_delete(replicas, head)
+            return head
+        rec, data = await repl.whole(ns, name)
+        await repl.forward_put(replicas, rec, data)
+        return rec
+
+
+def _put_record(
+    store: ObjectStore, namespace: str, name: str | None, data: Any, refs: list[bytes],
+    permanent: bool, version: int | None, force: bool,
+) -> Record | None:  # fmt: skip
+    """(Thread.) Store `data` whole; its committed record."""
+    with store.writer(namespace, name, size=len(data), refs=refs, permanent=permanent,
+                      version=version, force=force) as w:  # fmt: skip
+        w.write(data)
+        w.commit()
+    return w.record
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,8 +419,35 @@ class _Upload:
                         f"a write-at-offset carries at most {MAX_WRITE_AT} bytes, not {self.size}"
                     )
             self.refs = _refs(meta, "refs")
+            self._cluster_role(conn.daemon.replication)
         except ShoalError as exc:
             self.error = exc
+
+    def _cluster_role(self, repl: Replication | None) -> None:
+        """In a cluster: a peer's replicated PUT (at the primary's version), or a client's
+        write on the primary, which keeps the payload to send it on and is refused at once if
+        it cannot be replicated."""
+        self.replica = repl is not None and bool(self.meta.get("replica"))
+        self.replicas: list[int] | None = None  # where a primary sends the write
+        self.kept: list[bytearray] = []  # the streamed pieces, kept to send them on
+        if self.replica:
+            if self.header.op != Op.PUT or not isinstance(self.name, str):
+                raise InvalidArgument("a replicated write is a PUT with a name")
+            self.version: int | None = _int(self.meta, "version")
+            return
+        self.version = None
+        if repl is None:
+            return
+        if not isinstance(self.name, str):
+            raise InvalidArgument("in a cluster every object has a name")
+        if self.size > FORWARD_MAX and self.header.op == Op.PUT:
+            raise InvalidArgument(
+                f"a replicated object is at most {FORWARD_MAX} bytes, not {self.size}; "
+                "the cluster client stripes larger ones"
+            )
+        self.replicas = repl.replicas_for_write(self.namespace, self.name)
+        if self.header.op == Op.WRITE_AT:
+            repl.require_current(self.namespace, self.name)  # (a patch to a stale copy spreads)
 
     def add(self, data: memoryview) -> None:
         if self.error is not None:
@@ -332,6 +455,8 @@ class _Upload:
         self.buf += data
         if self.streaming and len(self.buf) >= PIECE:
             self.pieces.append(self.buf)
+            if self.replicas is not None:
+                self.kept.append(self.buf)
             self.buf = bytearray()
             if self.pump is None or self.pump.done():
                 self.pump = asyncio.ensure_future(self._pump())
@@ -349,6 +474,8 @@ class _Upload:
                     size=self.size,
                     refs=self.refs,
                     permanent=bool(self.meta.get("permanent")),
+                    version=self.version,
+                    force=bool(self.meta.get("force")),
                 )
             while self.pieces:
                 piece = self.pieces.pop(0)
@@ -374,28 +501,40 @@ class _Upload:
         if self.error is not None:
             await self.abort()
             raise self.error
-        if self.header.op == Op.WRITE_AT:
-            assert isinstance(self.name, str)
-            key = await daemon.run(
-                store.write_at, self.name, self.offset, self.buf, namespace=self.namespace
-            )
-        elif self.writer is not None:
-            writer, self.writer = self.writer, None
-            key = await daemon.run(writer.commit)
-        elif self.size <= BATCHED_PUT:
-            key = await daemon.put_small(
-                self.namespace, self.name, self.buf, self.refs, bool(self.meta.get("permanent"))
-            )
-        else:
-            key = await daemon.run(
-                store.put,
-                self.buf,
-                namespace=self.namespace,
-                name=self.name,
-                refs=self.refs,
-                permanent=bool(self.meta.get("permanent")),
-            )
-        return {"uuid": key.uuid.bytes, "hash": key.hash, "size": key.size}, None
+        permanent, force = bool(self.meta.get("permanent")), bool(self.meta.get("force"))
+        repl = daemon.replication
+        try:
+            if self.header.op == Op.WRITE_AT:
+                assert isinstance(self.name, str)
+                key = await daemon.run(
+                    store.write_at, self.name, self.offset, self.buf, namespace=self.namespace
+                )
+                if repl is not None and self.replicas is not None:
+                    await daemon.forward_current(repl, self.replicas, self.namespace, self.name)
+                return {"uuid": key.uuid.bytes, "hash": key.hash, "size": key.size}, None
+            if self.writer is not None:
+                writer, self.writer = self.writer, None
+                await daemon.run(writer.commit)
+                rec = writer.record
+            elif self.size <= BATCHED_PUT and not force:
+                rec = await daemon.put_small(
+                    self.namespace, self.name, self.buf, self.refs, permanent, self.version
+                )
+            else:
+                rec = await daemon.run(
+                    _put_record, store, self.namespace, self.name, self.buf, self.refs,
+                    permanent, self.version, force,
+                )  # fmt: skip
+        except Superseded as exc:  # a peer's change older than this copy: nothing to do
+            return {"version": exc.version, "superseded": True}, None
+        assert rec is not None
+        if repl is not None and self.replicas is not None:
+            data = b"".join([*self.kept, self.buf]) if self.kept else self.buf
+            self.kept = []
+            await repl.forward_put(self.replicas, rec, data)
+        key = rec.key
+        return {"uuid": key.uuid.bytes, "hash": key.hash, "size": key.size,
+                "version": rec.version}, None  # fmt: skip
 
     async def abort(self) -> None:
         if self.pump is not None and not self.pump.done():
@@ -519,6 +658,9 @@ class _Connection(asyncio.Protocol):
         try:
             ns, name = _str(meta, "namespace", "default"), _str(meta, "name")
             offset, length = _int(meta, "offset", 0), _opt_int(meta, "length")
+            repl = self.daemon.replication
+            if repl is not None and not meta.get("replica"):
+                repl.require_current(ns, name)
             if not self.send_lock.locked():  # (else a reply is under way: do not cut into it)
                 hit = store.get_cached(name, namespace=ns, offset=offset, length=length)
                 if hit is not None:
@@ -558,6 +700,7 @@ class _Connection(asyncio.Protocol):
 
             rec, length, chunk = await self.daemon.run(fetch)
         except ShoalError as exc:
+            self.daemon.bad_read(req.namespace, req.name, exc)
             await self._send(encode_error(h.op, h.request_id, exc))
             return
         if chunk is None:
@@ -580,6 +723,7 @@ class _Connection(asyncio.Protocol):
                 await self.daemon.run(self._send_direct, h, req, self.direct)
             except ShoalError as exc:  # a block went bad mid-stream
                 log.error("closing connection mid-GET of %s/%s: %s", req.namespace, req.name, exc)
+                self.daemon.bad_read(req.namespace, req.name, exc)
                 self.close()  # a short payload, never a wrong one
             except OSError as exc:  # the client went away, or stopped reading
                 log.info("GET of %s/%s to %s cut short: %s", req.namespace, req.name,
@@ -639,6 +783,7 @@ class _Connection(asyncio.Protocol):
                 end = pos + length
                 views, mapped = self._piece(rec, pos, end, True)
             except ShoalError as exc:
+                self.daemon.bad_read(req.namespace, req.name, exc)
                 _send_all(sock, encode_error(h.op, h.request_id, exc))
                 return
             _send_all(sock, encode(h.op, h.request_id, record_meta(rec), length, response=True))

@@ -27,6 +27,7 @@ from shoal.errors import FormatError, InvalidArgument
 
 SCHEMA_VERSION = 1
 FLAG_PERMANENT = 1
+FLAG_DELETED = 2  # a tombstone: the object was deleted at this version (replicated stores)
 MAX_NAME_BYTES = 4096
 MAX_NAMESPACE_BYTES = 255
 REF_SIZE = 16
@@ -73,6 +74,10 @@ class Record:
     @property
     def permanent(self) -> bool:
         return bool(self.flags & FLAG_PERMANENT)
+
+    @property
+    def deleted(self) -> bool:
+        return bool(self.flags & FLAG_DELETED)
 
     def same_revision(self, other: Record | None) -> bool:
         """`other` is this object at this version: not changed since, nor deleted and made
@@ -233,7 +238,8 @@ class KeyStore:
 
     # -- reads (any thread) ----------------------------------------------------------------
 
-    def get(self, namespace: str, name: str) -> Record | None:
+    def get(self, namespace: str, name: str, *, tombstones: bool = False) -> Record | None:
+        """The object's row; a tombstone only if `tombstones`."""
         r = (
             self._reader()
             .execute(
@@ -241,16 +247,27 @@ class KeyStore:
             )
             .fetchone()
         )
-        return _row(r) if r else None
+        if r is None or (not tombstones and r[6] & FLAG_DELETED):
+            return None
+        return _row(r)
 
     def by_uuid(self, uid: bytes) -> Record | None:
-        r = self._reader().execute(f"SELECT {_COLS} FROM objects WHERE uuid = ?", (uid,)).fetchone()
+        r = (
+            self._reader()
+            .execute(
+                f"SELECT {_COLS} FROM objects WHERE uuid = ? AND flags & {FLAG_DELETED} = 0", (uid,)
+            )
+            .fetchone()
+        )
         return _row(r) if r else None
 
     def list(
         self, namespace: str, prefix: str = "", start_after: str = "", limit: int = 1000
     ) -> builtins.list[Record]:
-        sql = f"SELECT {_COLS} FROM objects WHERE namespace = ? AND name >= ? AND name > ?"
+        sql = (
+            f"SELECT {_COLS} FROM objects WHERE namespace = ? AND name >= ? AND name > ? "
+            f"AND flags & {FLAG_DELETED} = 0"
+        )
         args: list[object] = [namespace, prefix, start_after]
         end = _prefix_end(prefix)
         if prefix and end is not None:
@@ -261,7 +278,17 @@ class KeyStore:
         return [_row(r) for r in self._reader().execute(sql, args)]
 
     def namespaces(self) -> builtins.list[str]:
-        return [r[0] for r in self._reader().execute("SELECT DISTINCT namespace FROM objects")]
+        sql = f"SELECT DISTINCT namespace FROM objects WHERE flags & {FLAG_DELETED} = 0"
+        return [r[0] for r in self._reader().execute(sql)]
+
+    def page(self, after: tuple[str, str] = ("", ""), limit: int = 1000) -> builtins.list[Record]:
+        """Every row after (namespace, name) in key order, tombstones included: `limit` of
+        them (recovery and scrub walk the whole store with it)."""
+        sql = (
+            f"SELECT {_COLS} FROM objects WHERE namespace > ? OR (namespace = ? AND name > ?) "
+            "ORDER BY namespace, name LIMIT ?"
+        )
+        return [_row(r) for r in self._reader().execute(sql, (after[0], after[0], after[1], limit))]
 
     def scan(self) -> Iterator[Record]:
         """Every record, in key order (used at open and by check)."""

@@ -24,7 +24,7 @@ import threading
 import time
 import uuid as uuidlib
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from types import TracebackType
@@ -37,7 +37,14 @@ from shoal.engine.commit import GroupCommitter, Outcome, Piece, committed
 from shoal.engine.device import BlockDevice
 from shoal.engine.freelist import Extent, FreeList
 from shoal.engine.keys import Hasher, KeyGen, ObjKey
-from shoal.engine.keystore import FLAG_PERMANENT, REF_SIZE, KeyStore, Record, check_name
+from shoal.engine.keystore import (
+    FLAG_DELETED,
+    FLAG_PERMANENT,
+    REF_SIZE,
+    KeyStore,
+    Record,
+    check_name,
+)
 from shoal.engine.manifest import HOLE, Manifest, block_crcs
 from shoal.engine.pins import Pins
 from shoal.engine.placer import Placer
@@ -50,6 +57,7 @@ from shoal.errors import (
     NotFound,
     ShoalError,
     StoreFailed,
+    Superseded,
 )
 
 DEFAULT_NAMESPACE = "default"
@@ -73,6 +81,35 @@ def default_keys_path(device: str) -> str:
 
 
 # -- changes: pure functions of the object's current record, run by the group commit ------
+# Versions: a change made here takes the next version after the row's (a tombstone's too), and
+# at least `floor` (a replicated store's primary puts the map epoch there, so that a newer
+# primary's writes outrank an older one's). A replicated change carries its `version` from the
+# primary and is refused as Superseded by a row that already has it or a newer one (`force`:
+# a repair, which also replaces the same version).
+
+
+def _next_version(cur: Record | None, floor: int) -> int:
+    return max(cur.version + 1 if cur is not None else 1, floor)
+
+
+def _live(cur: Record | None) -> Record | None:
+    return None if cur is None or cur.deleted else cur
+
+
+def _check_newer(cur: Record | None, version: int, force: bool = False) -> None:
+    if cur is not None and (cur.version > version or (cur.version == version and not force)):
+        raise Superseded(
+            f"{cur.namespace}/{cur.name} is at version {cur.version} already", cur.version
+        )
+
+
+def tombstone(namespace: str, name: str, version: int) -> Record:
+    """The row that says `namespace/name` was deleted at `version`."""
+    now = time.time()
+    return Record(
+        namespace, name, KeyGen.uuid().bytes, 0, None, version, FLAG_DELETED, (),
+        Manifest.empty(), now, now,
+    )  # fmt: skip
 
 
 class _OfRecord:
@@ -97,6 +134,9 @@ class _Put(_OfRecord):
     record: Record
     small: tuple[ObjectStore, memoryview] | None = None
     extents: list[Extent] = field(default_factory=list)
+    version: int | None = None  # replicated: exactly this version
+    floor: int = 0
+    force: bool = False
     writes_data = True
 
     def prepare(self) -> list[Piece]:
@@ -112,13 +152,17 @@ class _Put(_OfRecord):
         return store.blocks.pieces(self.extents, data)
 
     def apply(self, cur: Record | None) -> Outcome:
-        rec = self.record
-        if cur is None:
-            return Outcome(rec.namespace, rec.name, rec)
-        if cur.permanent:
-            raise Forbidden(f"{rec.namespace}/{rec.name} is permanent: it cannot be replaced")
-        rec = replace(rec, version=cur.version + 1)
-        return Outcome(rec.namespace, rec.name, rec, list(cur.manifest.physical()), cur)
+        rec, live = self.record, _live(cur)
+        if self.version is not None:
+            _check_newer(cur, self.version, self.force)
+            version = self.version
+        else:
+            if live is not None and live.permanent:
+                raise Forbidden(f"{rec.namespace}/{rec.name} is permanent: it cannot be replaced")
+            version = _next_version(cur, self.floor)
+        rec = replace(rec, version=version)
+        freed = list(cur.manifest.physical()) if cur is not None else []
+        return Outcome(rec.namespace, rec.name, rec, freed, live)
 
 
 @dataclass(slots=True)
@@ -131,15 +175,17 @@ class _WriteAt(_OfRecord):
     hi: int
     expect: tuple[bytes, int] | None
     extents: list[Extent]
+    floor: int = 0
     writes_data = True
 
     def prepare(self) -> list[Piece]:
         return []
 
     def apply(self, cur: Record | None) -> Outcome:
-        rec = self.record
+        rec, dead, cur = self.record, cur, _live(cur)
         if ((cur.uuid, cur.version) if cur else None) != self.expect:
             raise Conflict(f"{rec.namespace}/{rec.name} changed during write-at-offset")
+        rec = replace(rec, version=_next_version(dead, self.floor))
         freed: list[Extent] = []
         if cur is not None:
             n = cur.manifest.nblocks
@@ -149,8 +195,14 @@ class _WriteAt(_OfRecord):
 
 @dataclass(slots=True)
 class _Delete:
+    """A delete; with `tombstone` the row stays as a tombstone at the delete's version. A
+    replicated one (`version`) is recorded even where the object is absent."""
+
     namespace: str
     name: str
+    tombstone: bool = False
+    version: int | None = None
+    floor: int = 0
     writes_data = False
     extents: ClassVar[list[Extent]] = []
 
@@ -158,10 +210,38 @@ class _Delete:
         return []
 
     def apply(self, cur: Record | None) -> Outcome:
-        if cur is None:
-            raise NotFound(f"{self.namespace}/{self.name} not found")
-        if cur.permanent:
-            raise Forbidden(f"{self.namespace}/{self.name} is permanent: it cannot be deleted")
+        live = _live(cur)
+        if self.version is not None:
+            _check_newer(cur, self.version)
+            version = self.version
+        else:
+            if live is None:
+                raise NotFound(f"{self.namespace}/{self.name} not found")
+            if live.permanent:
+                raise Forbidden(f"{self.namespace}/{self.name} is permanent: it cannot be deleted")
+            version = _next_version(cur, self.floor)
+        rec = tombstone(self.namespace, self.name, version) if self.tombstone else None
+        freed = list(cur.manifest.physical()) if cur is not None else []
+        return Outcome(self.namespace, self.name, rec, freed, live)
+
+
+@dataclass(slots=True)
+class _Drop:
+    """Forget this copy of an object (or tombstone) at `version`, leaving no tombstone: a copy
+    that has moved to other daemons, or a tombstone no longer needed."""
+
+    namespace: str
+    name: str
+    version: int
+    writes_data = False
+    extents: ClassVar[list[Extent]] = []
+
+    def prepare(self) -> list[Piece]:
+        return []
+
+    def apply(self, cur: Record | None) -> Outcome:
+        if cur is None or cur.version != self.version:
+            raise Conflict(f"{self.namespace}/{self.name} is not at version {self.version}")
         return Outcome(self.namespace, self.name, None, list(cur.manifest.physical()), cur)
 
 
@@ -171,6 +251,8 @@ class _Refs:
     name: str
     add: tuple[bytes, ...]
     remove: tuple[bytes, ...]
+    tombstone: bool = False
+    floor: int = 0
     writes_data = False
     extents: ClassVar[list[Extent]] = []
 
@@ -178,13 +260,16 @@ class _Refs:
         return []
 
     def apply(self, cur: Record | None) -> Outcome:
-        if cur is None:
+        if cur is None or cur.deleted:
             raise NotFound(f"{self.namespace}/{self.name} not found")
+        version = _next_version(cur, self.floor)
         refs = [r for r in cur.refs if r not in self.remove]
         refs += [r for r in dict.fromkeys(self.add) if r not in refs]
         if cur.refs and not refs and self.remove and not cur.permanent:
-            return Outcome(self.namespace, self.name, None, list(cur.manifest.physical()), cur)
-        return Outcome(self.namespace, self.name, cur.changed(refs=tuple(refs)), [], cur)
+            rec = tombstone(self.namespace, self.name, version) if self.tombstone else None
+            return Outcome(self.namespace, self.name, rec, list(cur.manifest.physical()), cur)
+        new = cur.changed(refs=tuple(refs), version=version)
+        return Outcome(self.namespace, self.name, new, [], cur)
 
 
 def _check_refs(refs: Iterable[bytes]) -> tuple[bytes, ...]:
@@ -209,8 +294,12 @@ class ObjectWriter:
         size: int | None,
         refs: tuple[bytes, ...],
         permanent: bool,
+        version: int | None = None,
+        force: bool = False,
     ) -> None:
         self._store = store
+        self._version, self._force = version, force
+        self.record: Record | None = None  # once committed
         self._uuid = KeyGen.uuid()
         self.namespace = namespace
         self.name = name if name is not None else str(self._uuid)
@@ -325,9 +414,10 @@ class ObjectWriter:
         except BaseException:
             self.abort()
             raise
-        change = _Put(rec, None, self._extents)
+        store = self._store
+        change = _Put(rec, None, self._extents, self._version, store.floor(), self._force)
         self._closed, self._extents = True, []  # the blocks are the commit's now
-        self._store._commit(change)
+        self.record = store._commit(change).record
         return key
 
     def _give_back_unused(self) -> None:
@@ -381,6 +471,10 @@ class ObjectStore:
         # block once: a span read again (a hot large object) is verified by one crc call.
         self._span_crcs: dict[tuple[bytes, int, int, int], int] = {}
         self._obj_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        # A replicated store (a cluster daemon's) keeps a tombstone for each delete, and takes
+        # its versions from at least `version_floor()`.
+        self.tombstones = False
+        self.version_floor: Callable[[], int] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -460,7 +554,10 @@ class ObjectStore:
 
     # -- commit plumbing -------------------------------------------------------------------
 
-    def _commit(self, change: _Put | _WriteAt | _Delete | _Refs) -> Outcome:
+    def floor(self) -> int:
+        return self.version_floor() if self.version_floor is not None else 0
+
+    def _commit(self, change: _Put | _WriteAt | _Delete | _Refs | _Drop) -> Outcome:
         """Commit `change`. If it is surely not committed, the blocks it was given go back to
         the FreeList; if it is (or may be) they stay: a block leaked until the next open is
         harmless, a block freed under a live manifest is not."""
@@ -470,7 +567,7 @@ class ObjectStore:
             if committed(exc) is False:
                 self.placer.release(change.extents)
             raise
-        if not isinstance(change, _Delete):  # a delete frees after its optional zeroing
+        if not isinstance(change, _Delete | _Drop):  # these free after an optional zeroing
             self.pins.retire(out.freed)
         return out
 
@@ -478,7 +575,7 @@ class ObjectStore:
         with self._cache_lock:
             self._cache_gen += 1
             for o in outcomes:
-                if o.record is None:
+                if o.record is None or o.record.deleted:
                     self._uncache(o.namespace, o.name)
                 else:
                     self._cache_put(o.record)
@@ -554,8 +651,14 @@ class ObjectStore:
         size: int | None = None,
         refs: Iterable[bytes] = (),
         permanent: bool = False,
+        version: int | None = None,
+        force: bool = False,
     ) -> ObjectWriter:
-        return ObjectWriter(self, namespace, name, size, _check_refs(refs), permanent)
+        """A writer for a new object (`version`: a replicated one, at exactly that version;
+        `force`: replacing a copy of the same version, a repair)."""
+        return ObjectWriter(
+            self, namespace, name, size, _check_refs(refs), permanent, version, force
+        )
 
     def put(
         self,
@@ -565,9 +668,11 @@ class ObjectStore:
         name: str | None = None,
         refs: Iterable[bytes] = (),
         permanent: bool = False,
+        version: int | None = None,
+        force: bool = False,
     ) -> ObjKey:
         """Store `data` as a new object; a name that exists is replaced. Returns its ObjKey
-        (an unnamed object is named by its uuid)."""
+        (an unnamed object is named by its uuid). `version`/`force`: as for `writer`."""
         mv = memoryview(data).cast("B")
         if len(mv) > MAX_OBJECT_SIZE:
             raise InvalidArgument(f"an object is at most {MAX_OBJECT_SIZE} bytes")
@@ -579,10 +684,12 @@ class ObjectStore:
             namespace, name, uid.bytes, len(mv), None, 1, FLAG_PERMANENT if permanent else 0,
             _check_refs(refs), Manifest.empty(), now, now,
         )  # fmt: skip
+        floor = self.floor()
         if len(mv) <= _LEADER_WRITES:
-            change = _Put(rec, (self, mv))
+            change = _Put(rec, (self, mv), [], version, floor, force)
         else:
-            change = _Put(rec, None, self.placer.place(-(-len(mv) // self.block_size)))
+            extents = self.placer.place(-(-len(mv) // self.block_size))
+            change = _Put(rec, None, extents, version, floor, force)
         if change.small is None:
             try:
                 crcs, digest = while_writing(
@@ -599,15 +706,16 @@ class ObjectStore:
         return change.record.key
 
     def put_many(
-        self, items: Sequence[tuple[str, str | None, Data, Sequence[bytes], bool]]
-    ) -> list[ObjKey | ShoalError]:
-        """Store several small objects (namespace, name, data, refs, permanent) in one group
-        commit, from one thread: each one's ObjKey, or the error that refused it. For a
-        server that gathers concurrent requests itself (cheaper than a thread each)."""
-        results: list[ObjKey | ShoalError | None] = [None] * len(items)
+        self, items: Sequence[tuple[str, str | None, Data, Sequence[bytes], bool, int | None]]
+    ) -> list[Record | ShoalError]:
+        """Store several small objects (namespace, name, data, refs, permanent, version or
+        None) in one group commit, from one thread: each one's committed record, or the error
+        that refused it. For a server that gathers concurrent requests itself (cheaper than a
+        thread each)."""
+        results: list[Record | ShoalError | None] = [None] * len(items)
         changes: list[tuple[int, _Put]] = []
-        now = time.time()
-        for i, (namespace, name, data, refs, permanent) in enumerate(items):
+        now, floor = time.time(), self.floor()
+        for i, (namespace, name, data, refs, permanent, version) in enumerate(items):
             mv = memoryview(data).cast("B")
             uid = KeyGen.uuid()
             name = name if name is not None else str(uid)
@@ -625,13 +733,14 @@ class ObjectStore:
             except ShoalError as exc:
                 results[i] = exc
                 continue
-            changes.append((i, _Put(rec, (self, mv))))
+            changes.append((i, _Put(rec, (self, mv), [], version, floor)))
         outcomes = self._committer.submit_many([c for _, c in changes])
         fatal: BaseException | None = None
         for (i, change), out in zip(changes, outcomes, strict=True):
             if isinstance(out, Outcome):
                 self.pins.retire(out.freed)
-                results[i] = change.record.key
+                assert out.record is not None
+                results[i] = out.record
                 continue
             if committed(out) is False:
                 self.placer.release(change.extents)
@@ -641,7 +750,7 @@ class ObjectStore:
                 fatal = out  # the disk (OSError) or a bug: not one request's fault
         if fatal is not None:
             raise fatal
-        final: list[ObjKey | ShoalError] = []
+        final: list[Record | ShoalError] = []
         for r in results:
             assert r is not None
             final.append(r)
@@ -707,7 +816,7 @@ class ObjectStore:
                     )  # fmt: skip
                 expect = (cur.uuid, cur.version) if cur is not None else None
                 try:  # _commit gives the blocks back if this is refused
-                    self._commit(_WriteAt(rec, lo, hi, expect, extents))
+                    self._commit(_WriteAt(rec, lo, hi, expect, extents, self.floor()))
                 except Conflict:
                     continue
                 return rec.key
@@ -740,9 +849,44 @@ class ObjectStore:
         discard: bool = False,
     ) -> Record:
         """Remove the object. With `zero` or `discard`, its blocks are zeroed or discarded
-        (and that made durable) before they can be given to another object."""
+        (and that made durable) before they can be given to another object. Returns the
+        record it had."""
+        previous, _ = self.remove(name, namespace=namespace, zero=zero, discard=discard)
+        assert previous is not None
+        return previous
+
+    def remove(
+        self,
+        name: str,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        zero: bool = False,
+        discard: bool = False,
+        version: int | None = None,
+    ) -> tuple[Record | None, Record | None]:
+        """`delete`, returning (the record it had, its tombstone if the store keeps them).
+        With `version` it is a replicated delete: recorded at that version even if the object
+        is absent here, Superseded if this copy is at that version or newer."""
         check_name(namespace, name)
-        out = self._commit(_Delete(namespace, name))
+        out = self._commit(_Delete(namespace, name, self.tombstones, version, self.floor()))
+        self._free_removed(out, zero, discard)
+        return out.previous, out.record
+
+    def drop(self, name: str, *, namespace: str = DEFAULT_NAMESPACE, version: int) -> None:
+        """Forget this copy (or tombstone) if it is still at `version` (Conflict if not),
+        leaving no tombstone: for a copy that now lives on other daemons."""
+        out = self._commit(_Drop(namespace, name, version))
+        self._free_removed(out, False, False)
+
+    def head(self, name: str, *, namespace: str = DEFAULT_NAMESPACE) -> Record | None:
+        """This store's row for the object, a tombstone included; None if it has none."""
+        return self.keys.get(namespace, name, tombstones=True)
+
+    def page(self, after: tuple[str, str] = ("", ""), limit: int = 1000) -> builtins.list[Record]:
+        """Rows in (namespace, name) order after `after`, tombstones included."""
+        return self.keys.page(after, limit)
+
+    def _free_removed(self, out: Outcome, zero: bool, discard: bool) -> None:
         if zero or discard:
             self.pins.wait_readers()  # not under a reader sending them from the page cache
             try:
@@ -752,15 +896,15 @@ class ObjectStore:
                 self._committer.failed = f"zeroing freed blocks failed ({exc}); reopen the store"
                 raise StoreFailed(self._committer.failed) from exc
         self.pins.retire(out.freed)
-        assert out.previous is not None
-        return out.previous
 
     def add_refs(
         self, name: str, refs: Iterable[bytes], *, namespace: str = DEFAULT_NAMESPACE
     ) -> tuple[bytes, ...]:
         """Add consumer ids to the object's reference list; returns the list."""
         check_name(namespace, name)
-        out = self._commit(_Refs(namespace, name, _check_refs(refs), ()))
+        out = self._commit(
+            _Refs(namespace, name, _check_refs(refs), (), self.tombstones, self.floor())
+        )
         assert out.record is not None
         return out.record.refs
 
@@ -770,8 +914,10 @@ class ObjectStore:
         """Remove consumer ids; when the last goes the object is deleted (unless permanent).
         Returns the remaining list (empty if the object was deleted)."""
         check_name(namespace, name)
-        out = self._commit(_Refs(namespace, name, (), _check_refs(refs)))
-        return out.record.refs if out.record is not None else ()
+        out = self._commit(
+            _Refs(namespace, name, (), _check_refs(refs), self.tombstones, self.floor())
+        )
+        return out.record.refs if out.record is not None and not out.record.deleted else ()
 
     # -- reads -----------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from shoal.cluster.auth import Ticket, check_rights, issue, secret_matches, veri
 from shoal.cluster.map import WEIGHT_ONE, ClusterMap, DaemonInfo, Pool, diff
 from shoal.cluster.placement import PoolPlacement
 from shoal.errors import Forbidden, InvalidArgument, NotAuthenticated, NotFound, ShoalError
+from shoal.master.recovery import RecoveryReports
 from shoal.master.state import MasterState
 from shoal.proto.frames import (
     FrameEnd,
@@ -71,6 +72,7 @@ class Master:
         self.down_since = {i: now for i, d in self.map.daemons.items() if not d.up}
         self.auto_out: set[int] = set()
         self.usage: dict[int, tuple[int, int]] = {}  # id -> (capacity, used), from heartbeats
+        self.recovery = RecoveryReports()
         self.changed = asyncio.Condition()
         self._listeners: list[socket.socket] = []
         self._accepting: list[asyncio.Task[None]] = []
@@ -212,6 +214,7 @@ class Master:
             old.weight if old is not None else weight_for(capacity),
             True, True if old is None or back_in else old.in_,
             str(meta.get("peer_address", "")), str(meta.get("http_address", "")), capacity, used,
+            old.up_from if old is not None and old.up else m.epoch + 1,
         )  # fmt: skip
         self.last_seen[daemon_id] = time.monotonic()
         self.usage[daemon_id] = (capacity, used)
@@ -231,12 +234,14 @@ class Master:
             raise NotFound(f"daemon {daemon_id} is not in the map: register again")
         self.last_seen[daemon_id] = time.monotonic()
         self.usage[daemon_id] = (int(meta.get("capacity", 0)), int(meta.get("used", 0)))
+        if isinstance(meta.get("recovery"), dict):
+            self.recovery.report(daemon_id, meta["recovery"])
         if not d.up:
             back_in = not d.in_ and daemon_id in self.auto_out
             self.auto_out.discard(daemon_id)
-            new = _replace(d, up=True, in_=True if back_in else d.in_)
+            new = _replace(d, up=True, in_=True if back_in else d.in_, up_from=self.map.epoch + 1)
             await self.commit(self.map.with_daemon(new), f"daemon {daemon_id} up again")
-        return {"epoch": self.map.epoch}
+        return {"epoch": self.map.epoch, **self.recovery.requests}
 
     def _auth(self, meta: dict[str, Any]) -> dict[str, Any]:
         access, secret = str(meta.get("access_key", "")), str(meta.get("secret", ""))
@@ -318,6 +323,7 @@ class Master:
             )
         await self.commit(self.map.without_daemon(d.id), f"daemon {d.id} removed")
         self.state.forget_daemon(d.id)
+        self.recovery.forget(d.id)
         return {"epoch": self.map.epoch}
 
     async def key_create(self, a: dict[str, Any]) -> dict[str, Any]:
@@ -349,7 +355,10 @@ class Master:
                 states[key] += 1
             pools.append(p.to_dict())
         usage = [self.usage.get(d.id, (d.capacity, d.used)) for d in ds if d.up]
+        recovery, scrub = self.recovery.summary(m)
         return {
+            "recovery": recovery,
+            "scrub": scrub,
             "epoch": m.epoch,
             "daemons": len(m.daemons),
             "up": sum(1 for d in ds if d.up),
@@ -360,8 +369,19 @@ class Master:
             "used": sum(u for _, u in usage),
         }
 
+    async def scrub(self, a: dict[str, Any]) -> dict[str, Any]:
+        pool = str(a.get("pool") or "")
+        if pool:
+            self.map.pool(pool)  # NotFound if there is none
+        return {"scrub": self.recovery.scrub(pool)}
+
+    async def rebalance(self, a: dict[str, Any]) -> dict[str, Any]:
+        return {"rebalance": self.recovery.rebalance()}
+
 
 _ADMIN: dict[str, Callable[[Master, dict[str, Any]], Any]] = {
+    "scrub": Master.scrub,
+    "rebalance": Master.rebalance,
     "pool_create": Master.pool_create,
     "pool_rm": Master.pool_rm,
     "pool_ls": Master.pool_ls,

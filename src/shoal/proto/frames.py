@@ -37,6 +37,7 @@ from shoal.errors import (
     ShoalError,
     StaleMap,
     StoreFailed,
+    Unavailable,
 )
 
 MAGIC = b"SHL"
@@ -61,6 +62,9 @@ class Op(IntEnum):
     DELETE = 5
     LIST = 6
     REFS = 7
+    # between daemons: recovery and scrub
+    SCAN = 8
+    HAVE = 9
     # the master's
     REGISTER = 16
     HEARTBEAT = 17
@@ -84,6 +88,7 @@ class Status(IntEnum):
     INTERNAL = 11
     STALE = 12
     AUTH = 13
+    UNAVAILABLE = 14
 
 
 _ERRORS: dict[Status, type[ShoalError]] = {
@@ -99,6 +104,7 @@ _ERRORS: dict[Status, type[ShoalError]] = {
     Status.PROTOCOL: ProtocolError,
     Status.STALE: StaleMap,
     Status.AUTH: NotAuthenticated,
+    Status.UNAVAILABLE: Unavailable,
 }
 _STATUS = {cls: status for status, cls in _ERRORS.items()}
 

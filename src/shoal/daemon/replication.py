@@ -1,0 +1,654 @@
+"""A daemon's part in keeping every object at N copies: replication, recovery, rebalancing,
+scrub.
+
+Replication (primary copy). A client writes to its object's primary, the first daemon of the
+placement group's acting set that is up. The primary refuses the write when fewer than the
+pool's min_size of the acting set are up, or when it is not the primary in its own map. It
+commits the write locally; the engine gives it a version (the next after the object's, and at
+least `epoch << 24`, so that a later primary's writes outrank an earlier one's). It then sends
+the object as it now is, with that version, to the other up daemons of the acting set, all at
+once, over the daemons' own link (mutual TLS when certificates are configured). The client is
+acknowledged only when every one of them has committed it. A replica stores a change only if
+it is newer than its copy (an older one arriving late is Superseded, and that counts as done).
+A delete leaves a tombstone at its version, so that a copy that missed it cannot bring the
+object back.
+
+Recovery and rebalancing (pull). On every new map, and every `interval` seconds, a daemon asks
+each other daemon that is up for the objects it holds whose acting set now includes the asker
+(SCAN), and fetches every one it lacks or holds at an older version. When it has heard from
+all of them it is current for that map: from then on it serves client reads of the placement
+groups it held then and still holds (a daemon that has just come back, or that has just been
+given a placement group, answers Unavailable and the client reads another replica). Then it
+hands over what it holds but no longer should: a copy is dropped only once every daemon of the
+object's acting set has said it holds that version or a newer one (HAVE); never the last
+copy. Fetches are throttled to `rate` bytes per second so that clients keep working.
+
+Scrub: every `scrub_interval` seconds, or when asked, a daemon reads and verifies every block
+of its copies (a bad copy is fetched again from another replica) and, for the objects it is
+primary of, compares version and hash with the other replicas and sends its copy to any that
+is stale or differs.
+
+Figures for `shoal status` go to the master in heartbeats (`figures`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from shoal.client.client import AsyncClient
+from shoal.cluster.auth import issue
+from shoal.cluster.map import ClusterMap, Pool
+from shoal.cluster.placement import Placer
+from shoal.daemon.membership import Membership
+from shoal.engine import ObjectStore, Record
+from shoal.errors import (
+    IntegrityError,
+    InvalidArgument,
+    NotFound,
+    ShoalError,
+    Superseded,
+    Unavailable,
+)
+from shoal.proto.frames import Op
+
+if TYPE_CHECKING:
+    from shoal.daemon.server import Daemon
+
+log = logging.getLogger("shoal.daemon")
+
+FORWARD_MAX = 64 << 20  # a replicated object is sent whole: clients stripe larger ones
+PEER_TIMEOUT = 20.0
+SCAN_PAGE = 2000
+HAVE_BATCH = 500
+FETCHES = 4  # objects fetched at once by recovery
+_PEER_ERRORS = (ShoalError, ConnectionError, OSError, TimeoutError)
+
+
+def _pool_of(namespace: str) -> str:
+    return namespace.partition("#")[0]
+
+
+class Peers:
+    """Connections to the other daemons, with a ticket this daemon signs for itself."""
+
+    def __init__(self, cluster: Membership, ssl_ctx: ssl.SSLContext | None) -> None:
+        self.cluster, self.ssl = cluster, ssl_ctx
+        self._clients: dict[str, AsyncClient] = {}
+        self._ticket, self._ticket_until = b"", 0.0
+
+    def ticket(self) -> bytes:
+        if time.monotonic() > self._ticket_until:
+            c = self.cluster
+            self._ticket = issue(c.ticket_key, f"daemon.{c.id}", {"*": "rwda"}, 3600)
+            self._ticket_until = time.monotonic() + 1800
+        return self._ticket
+
+    def client(self, daemon_id: int) -> AsyncClient:
+        d = self.cluster.map.daemons.get(daemon_id)
+        if d is None:
+            raise Unavailable(f"daemon {daemon_id} is not in the map")
+        address = d.peer_address or d.address
+        c = self._clients.get(address)
+        if c is None:
+            tls = self.ssl if d.peer_address else None
+            c = self._clients[address] = AsyncClient(
+                address, pool_size=2, timeout=PEER_TIMEOUT, retries=1, ssl=tls
+            )
+        c.epoch, c.ticket = self.cluster.epoch, self.ticket()
+        return c
+
+    async def call(
+        self, daemon_id: int, op: int, meta: dict[str, Any], payload: Any = None
+    ) -> tuple[dict[str, Any], bytearray]:
+        meta["replica"] = True
+        return await self.client(daemon_id)._call(op, meta, payload, idempotent=True)
+
+    async def close(self) -> None:
+        for c in self._clients.values():
+            await c.close()
+        self._clients.clear()
+
+
+class Replication:
+    def __init__(
+        self,
+        daemon: Daemon,
+        cluster: Membership,
+        ssl_ctx: ssl.SSLContext | None = None,
+        *,
+        interval: float = 10.0,
+        rate: float = 200e6,
+        scrub_interval: float = 86400.0,
+    ) -> None:
+        self.daemon, self.store, self.cluster = daemon, daemon.store, cluster
+        self.peers = Peers(cluster, ssl_ctx)
+        self.interval, self.rate, self.scrub_interval = interval, rate, scrub_interval
+        self.clean: ClusterMap | None = None  # the map of the last complete recovery pass
+        self._placer: Placer | None = None
+        self._wake = asyncio.Event()
+        self._scrub_wake = asyncio.Event()
+        self._scrub_pool = ""
+        self._requests: dict[str, int] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._throttle_at = 0.0
+        self.passing = False
+        self.counts: dict[str, Any] = {
+            "degraded_objects": 0, "degraded_bytes": 0, "misplaced_objects": 0,
+            "misplaced_bytes": 0, "recovered_objects": 0, "recovered_bytes": 0,
+        }  # fmt: skip
+        self.missing = (0, 0)  # (objects, bytes) found lacking and not fetched yet
+        self.scrub_counts: dict[str, Any] = {"objects": 0, "errors": 0, "repaired": 0,
+                                             "running": False}  # fmt: skip
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        store, cluster = self.store, self.cluster
+        store.tombstones = True
+        store.version_floor = lambda: cluster.epoch << 24
+        cluster.figures = self.figures
+        cluster.on_map = self._wake.set
+        cluster.on_reply = self._on_reply
+        self._tasks = [asyncio.ensure_future(self._recovery_loop()),
+                       asyncio.ensure_future(self._scrub_loop())]  # fmt: skip
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self.peers.close()
+
+    def figures(self) -> dict[str, Any]:
+        c = dict(self.counts)
+        c["degraded_objects"] += self.missing[0]
+        c["degraded_bytes"] += self.missing[1]
+        current = self.clean is not None and self.clean.epoch == self.cluster.epoch
+        return {**c, "current": current and not self.passing, "epoch": self.cluster.epoch,
+                "scrub": dict(self.scrub_counts)}  # fmt: skip
+
+    def _on_reply(self, reply: dict[str, Any]) -> None:
+        asked = {k: int(reply.get(k, 0)) for k in ("scrub", "rebalance")}
+        if self._requests is not None:
+            if asked["scrub"] > self._requests["scrub"]:
+                self._scrub_pool = str(reply.get("scrub_pool") or "")
+                self._scrub_wake.set()
+            if asked["rebalance"] > self._requests["rebalance"]:
+                self._wake.set()
+        self._requests = asked
+
+    # -- placement ---------------------------------------------------------------------------
+
+    def placer(self, m: ClusterMap) -> Placer:
+        p = self._placer
+        if p is None or p.map is not m:
+            p = self._placer = Placer(m)
+        return p
+
+    def acting(self, m: ClusterMap, namespace: str, name: str) -> tuple[Pool, tuple[int, ...]]:
+        pool = _pool_of(namespace)
+        placement = self.placer(m).pool(pool)  # NotFound for a pool that is not in the map
+        return placement.pool, placement.place(pool, name)
+
+    def _acting_or_none(self, m: ClusterMap, rec: Record) -> tuple[Pool, tuple[int, ...]] | None:
+        if _pool_of(rec.namespace) not in m.pools:
+            return None
+        return self.acting(m, rec.namespace, rec.name)
+
+    # -- the primary's part ------------------------------------------------------------------
+
+    def replicas_for_write(self, namespace: str, name: str) -> list[int]:
+        """The other up daemons a write of `namespace/name` goes to; Unavailable if this
+        daemon is not its primary, or fewer than min_size of its daemons are up."""
+        m, me = self.cluster.map, self.cluster.id
+        pool, acting = self.acting(m, namespace, name)
+        up = [i for i in acting if m.daemons[i].up]
+        if not up or up[0] != me:
+            raise Unavailable(
+                f"daemon {me} is not the primary of {namespace}/{name} at map epoch {m.epoch} "
+                f"(its daemons are {list(acting)})"
+            )
+        if len(up) < pool.min_size:
+            raise Unavailable(
+                f"{namespace}/{name}: {len(up)} of its {pool.replicas} daemons are up, fewer "
+                f"than the pool's min_size {pool.min_size}: writes are refused"
+            )
+        return up[1:]
+
+    def require_current(self, namespace: str, name: str) -> None:
+        """Unavailable unless this daemon's copy of `namespace/name` is known current: it
+        has finished a recovery pass since it came up, and held the object's placement group
+        then as now."""
+        m, me, clean = self.cluster.map, self.cluster.id, self.clean
+        d = m.daemons.get(me if me is not None else -1)
+        if clean is None or d is None or clean.epoch < d.up_from:
+            raise Unavailable(f"daemon {me} is catching up after coming up: read another copy")
+        _, acting = self.acting(m, namespace, name)
+        if me not in acting:
+            raise Unavailable(f"daemon {me} does not hold {namespace}/{name} at epoch {m.epoch}")
+        if clean is not m and me not in self.acting(clean, namespace, name)[1]:
+            raise Unavailable(f"daemon {me} is still fetching {namespace}/{name}'s group")
+
+    async def forward_put(
+        self, replicas: list[int], rec: Record, data: Any, *, force: bool = False
+    ) -> None:
+        meta = {"namespace": rec.namespace, "name": rec.name, "version": rec.version,
+                "refs": list(rec.refs), "permanent": rec.permanent, "force": force}  # fmt: skip
+        await self._forward(replicas, rec, Op.PUT, meta, data)
+
+    async def forward_delete(self, replicas: list[int], rec: Record) -> None:
+        meta = {"namespace": rec.namespace, "name": rec.name, "version": rec.version}
+        await self._forward(replicas, rec, Op.DELETE, meta, None)
+
+    async def _forward(
+        self, replicas: list[int], rec: Record, op: int, meta: dict[str, Any], data: Any
+    ) -> None:
+        results = await asyncio.gather(
+            *(self.peers.call(r, op, dict(meta), data) for r in replicas), return_exceptions=True
+        )
+        failed = [(r, x) for r, x in zip(replicas, results, strict=True)
+                  if isinstance(x, BaseException)]  # fmt: skip
+        if failed:
+            why = "; ".join(f"daemon {r}: {type(x).__name__}: {x}" for r, x in failed)
+            log.warning("%s/%s v%d not replicated: %s", rec.namespace, rec.name, rec.version, why)
+            raise Unavailable(
+                f"{rec.namespace}/{rec.name} was stored on {1 + len(replicas) - len(failed)} of "
+                f"{1 + len(replicas)} daemons and is not acknowledged ({why}); retry"
+            )
+
+    async def whole(self, namespace: str, name: str) -> tuple[Record, bytes]:
+        """The object's record and its bytes, read together (for sending it whole)."""
+
+        def read() -> tuple[Record, bytes]:
+            for _ in range(5):
+                rec = self.store.stat(name, namespace=namespace)
+                if rec.size > FORWARD_MAX:
+                    raise InvalidArgument(
+                        f"{namespace}/{name} is {rec.size} bytes: a replicated object is at "
+                        f"most {FORWARD_MAX} (clients stripe larger ones)"
+                    )
+                try:
+                    return rec, bytes(self.store.read_into(rec, 0, rec.size,
+                                                           bytearray(rec.size + 4096)))  # fmt: skip
+                except ShoalError:
+                    if rec.same_revision(self.store.head(name, namespace=namespace)):
+                        raise
+            raise Unavailable(f"{namespace}/{name} kept changing while being read")
+
+        return await self.daemon.run(read)
+
+    # -- serving peers -------------------------------------------------------------------------
+
+    async def handle(self, op: int, meta: dict[str, Any]) -> dict[str, Any]:
+        if op == Op.SCAN:
+            who = meta.get("for")
+            after = meta.get("after") or ["", ""]
+            if not isinstance(who, int) or not isinstance(after, list | tuple) or len(after) != 2:
+                raise InvalidArgument("SCAN needs 'for' (a daemon id) and 'after' [ns, name]")
+            return await self.daemon.run(self._scan_for, who, (str(after[0]), str(after[1])))
+        keys = meta.get("keys")
+        if not isinstance(keys, list):
+            raise InvalidArgument("HAVE needs 'keys': a list of [namespace, name]")
+        return await self.daemon.run(self._have, keys)
+
+    def _scan_for(self, who: int, after: tuple[str, str]) -> dict[str, Any]:
+        """(Thread.) A page of this store's rows whose acting set includes daemon `who`."""
+        m = self.cluster.map
+        recs = self.store.page(after, SCAN_PAGE)
+        items = []
+        for r in recs:
+            placed = self._acting_or_none(m, r)
+            if placed is not None and who in placed[1]:
+                items.append([r.namespace, r.name, r.version, r.deleted, r.size])
+        nxt = [recs[-1].namespace, recs[-1].name] if len(recs) == SCAN_PAGE else None
+        return {"items": items, "next": nxt, "epoch": m.epoch}
+
+    def _have(self, keys: list[Any]) -> dict[str, Any]:
+        """(Thread.) The version (-1: none) and hash of each [namespace, name]."""
+        versions, hashes = [], []
+        for k in keys[:HAVE_BATCH]:
+            rec = self.store.head(str(k[1]), namespace=str(k[0]))
+            versions.append(rec.version if rec is not None else -1)
+            hashes.append(rec.hash if rec is not None and not rec.deleted else None)
+        return {"versions": versions, "hashes": hashes}
+
+    async def _ask_have(self, daemon_id: int, keys: list[tuple[str, str]]) -> list[tuple[int, Any]]:
+        out: list[tuple[int, Any]] = []
+        for i in range(0, len(keys), HAVE_BATCH):
+            chunk = [list(k) for k in keys[i : i + HAVE_BATCH]]
+            reply, _ = await self.peers.call(daemon_id, Op.HAVE, {"keys": chunk})
+            out += list(zip(reply["versions"], reply["hashes"], strict=True))
+        return out
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    async def _recovery_loop(self) -> None:
+        await self.cluster.registered.wait()
+        while True:
+            self._wake.clear()
+            m = self.cluster.map
+            try:
+                await self.recover(m)
+            except Exception:
+                log.exception("recovery pass at epoch %d failed", m.epoch)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+
+    async def recover(self, m: ClusterMap) -> bool:
+        """One pass at map `m`: fetch what this daemon lacks, then hand over what it should
+        no longer hold. True if every peer answered and every fetch succeeded."""
+        self.passing = True
+        try:
+            complete = await self._fetch_missing(m)
+            if complete:
+                self.clean = m
+                if m.epoch == self.cluster.epoch:
+                    log.info("current at epoch %d", m.epoch)
+            await self._survey(m, hand_over=complete)
+            return complete
+        finally:
+            self.passing = False
+
+    async def _fetch_missing(self, m: ClusterMap) -> bool:
+        me, complete = self.cluster.id, True
+        want: dict[tuple[str, str], tuple[int, bool, int, int]] = {}
+        for p, d in sorted(m.daemons.items()):
+            if p == me or not d.up:
+                continue
+            after: Any = None
+            while True:
+                try:
+                    reply, _ = await self.peers.call(p, Op.SCAN, {"for": me, "after": after})
+                except _PEER_ERRORS as exc:
+                    log.info("recovery: daemon %d did not answer a scan: %s", p, exc)
+                    complete = False
+                    break
+                for ns, name, version, deleted, size in reply["items"]:
+                    got = want.get((ns, name))
+                    if got is None or version > got[0]:
+                        want[(ns, name)] = (version, bool(deleted), int(size), p)
+                after = reply.get("next")
+                if after is None:
+                    break
+
+        def lacking() -> list[tuple[str, str, int, bool, int, int]]:
+            out = []
+            for (ns, name), (version, deleted, size, src) in want.items():
+                rec = self.store.head(name, namespace=ns)
+                if rec is None and deleted:
+                    continue  # a tombstone for what this daemon never had: nothing to undo
+                if rec is None or rec.version < version:
+                    out.append((ns, name, version, deleted, size, src))
+            return out
+
+        todo = await self.daemon.run(lacking)
+        self.missing = (len(todo), sum(t[4] for t in todo))
+        if todo:
+            log.info("recovery at epoch %d: fetching %d objects (%d bytes)", m.epoch,
+                     *self.missing)  # fmt: skip
+        busy = asyncio.Semaphore(FETCHES)
+        failures = 0
+
+        async def one(ns: str, name: str, version: int, deleted: bool, size: int, src: int) -> None:
+            nonlocal failures
+            async with busy:
+                try:
+                    n = await self.fetch(src, ns, name, version, deleted)
+                except _PEER_ERRORS as exc:
+                    failures += 1
+                    log.info("recovery: %s/%s from daemon %d: %s", ns, name, src, exc)
+                    return
+                self.counts["recovered_objects"] += 1
+                self.counts["recovered_bytes"] += n
+                self.missing = (self.missing[0] - 1, self.missing[1] - size)
+                await self._throttle(n)
+
+        await asyncio.gather(*(one(*t) for t in todo))
+        if failures:
+            log.warning("recovery at epoch %d: %d fetches failed; will retry", m.epoch, failures)
+        return complete and not failures
+
+    async def fetch(
+        self, src: int, ns: str, name: str, version: int, deleted: bool, force: bool = False
+    ) -> int:
+        """Bring this daemon's copy of `ns/name` to `version` (or newer) from daemon `src`;
+        the bytes fetched."""
+        store = self.store
+        if deleted:
+            with contextlib.suppress(Superseded):
+                await self.daemon.run(store.remove, name, namespace=ns, version=version)
+            return 0
+        try:
+            meta, data = await self.peers.call(src, Op.GET, {"namespace": ns, "name": name})
+        except NotFound:
+            return 0  # deleted there meanwhile: its tombstone comes with the next pass
+        got = int(meta["version"])
+        if got < version:
+            raise Unavailable(f"daemon {src} has {ns}/{name} at version {got}, not {version}")
+        with contextlib.suppress(Superseded):
+            await self.daemon.run(
+                store.put, data, namespace=ns, name=name, refs=list(meta.get("refs") or []),
+                permanent=bool(meta.get("permanent")), version=got, force=force,
+            )  # fmt: skip
+        return len(data)
+
+    async def _throttle(self, nbytes: int) -> None:
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        self._throttle_at = max(self._throttle_at, now - 0.25) + nbytes / self.rate
+        if self._throttle_at > now:
+            await asyncio.sleep(self._throttle_at - now)
+
+    async def _survey(self, m: ClusterMap, hand_over: bool) -> None:
+        """Count the degraded objects this daemon is primary of and the copies it holds out of
+        place; with `hand_over`, drop those every daemon of their acting set now holds."""
+        me = self.cluster.id
+
+        def walk() -> tuple[int, int, list[tuple[Record, tuple[int, ...]]]]:
+            degraded = degraded_bytes = 0
+            misplaced: list[tuple[Record, tuple[int, ...]]] = []
+            after = ("", "")
+            while True:
+                recs = self.store.page(after, SCAN_PAGE)
+                for r in recs:
+                    placed = self._acting_or_none(m, r)
+                    if placed is None:
+                        continue
+                    pool, acting = placed
+                    if me not in acting:
+                        misplaced.append((r, acting))
+                        continue
+                    up = [i for i in acting if m.daemons[i].up]
+                    if not r.deleted and up and up[0] == me and len(up) < pool.replicas:
+                        degraded += 1
+                        degraded_bytes += r.size
+                if len(recs) < SCAN_PAGE:
+                    return degraded, degraded_bytes, misplaced
+                after = (recs[-1].namespace, recs[-1].name)
+
+        degraded, degraded_bytes, misplaced = await self.daemon.run(walk)
+        self.counts["degraded_objects"], self.counts["degraded_bytes"] = degraded, degraded_bytes
+        self._set_misplaced(misplaced)
+        if not hand_over or not misplaced:
+            return
+        by_daemon: dict[int, list[tuple[str, str]]] = {}
+        for r, acting in misplaced:
+            for a in acting:
+                by_daemon.setdefault(a, []).append((r.namespace, r.name))
+        have: dict[int, dict[tuple[str, str], int]] = {}
+        for a, keys in by_daemon.items():
+            if not m.daemons[a].up:
+                continue
+            with contextlib.suppress(*_PEER_ERRORS):
+                answers = await self._ask_have(a, keys)
+                have[a] = {k: v for k, (v, _) in zip(keys, answers, strict=True)}
+        kept = []
+        for r, acting in misplaced:
+            key = (r.namespace, r.name)
+            if acting and all(have.get(a, {}).get(key, -1) >= r.version for a in acting):
+                try:
+                    await self.daemon.run(self.store.drop, r.name, namespace=r.namespace,
+                                          version=r.version)  # fmt: skip
+                    continue
+                except ShoalError:
+                    pass  # changed meanwhile: looked at again next pass
+            kept.append((r, acting))
+        self._set_misplaced(kept)
+
+    def _set_misplaced(self, items: Iterable[tuple[Record, tuple[int, ...]]]) -> None:
+        live = [r for r, _ in items if not r.deleted]
+        self.counts["misplaced_objects"] = len(live)
+        self.counts["misplaced_bytes"] = sum(r.size for r in live)
+
+    async def plan(self) -> dict[str, Any]:
+        """What a hand-over would move now: per target daemon, objects and bytes."""
+        m, me = self.cluster.map, self.cluster.id
+        moves: dict[int, list[int]] = {}
+
+        def walk() -> None:
+            after = ("", "")
+            while True:
+                recs = self.store.page(after, SCAN_PAGE)
+                for r in recs:
+                    placed = self._acting_or_none(m, r)
+                    if placed is None or r.deleted or me in placed[1]:
+                        continue
+                    for a in placed[1]:
+                        got = moves.setdefault(a, [0, 0])
+                        got[0] += 1
+                        got[1] += r.size
+                if len(recs) < SCAN_PAGE:
+                    return
+                after = (recs[-1].namespace, recs[-1].name)
+
+        await self.daemon.run(walk)
+        return {"epoch": m.epoch, "moves": {str(a): v for a, v in sorted(moves.items())}}
+
+    # -- scrub -------------------------------------------------------------------------------
+
+    async def _scrub_loop(self) -> None:
+        await self.cluster.registered.wait()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._scrub_wake.wait(), self.scrub_interval)
+            self._scrub_wake.clear()
+            pool, self._scrub_pool = self._scrub_pool, ""
+            try:
+                await self.scrub(pool)
+            except Exception:
+                log.exception("scrub failed")
+
+    async def scrub(self, pool: str = "") -> None:
+        m, me = self.cluster.map, self.cluster.id
+        sc = self.scrub_counts
+        sc["running"] = True
+        log.info("scrub%s started", f" of pool {pool}" if pool else "")
+        try:
+            mine: list[tuple[Record, list[int]]] = []  # objects this daemon is primary of
+            after = ("", "")
+            while True:
+                recs = await self.daemon.run(self.store.page, after, SCAN_PAGE)
+                for r in recs:
+                    placed = self._acting_or_none(m, r)
+                    if r.deleted or placed is None or (pool and _pool_of(r.namespace) != pool):
+                        continue
+                    up = [i for i in placed[1] if m.daemons[i].up]
+                    sc["objects"] += 1
+                    if not await self._verify(r):
+                        sc["errors"] += 1
+                        if await self._repair_own(r, [i for i in up if i != me]):
+                            sc["repaired"] += 1
+                        continue
+                    if up and up[0] == me and len(up) > 1:
+                        mine.append((r, up[1:]))
+                if len(recs) < SCAN_PAGE:
+                    break
+                after = (recs[-1].namespace, recs[-1].name)
+            await self._compare(mine)
+        finally:
+            sc["running"] = False
+            log.info("scrub done: %d objects, %d errors, %d repaired", sc["objects"],
+                     sc["errors"], sc["repaired"])  # fmt: skip
+
+    async def _verify(self, rec: Record) -> bool:
+        """Every block of this copy matches its checksum (or the copy changed meanwhile)."""
+
+        def check() -> bool:
+            store = self.store
+            try:
+                for _ in store.iter_read(rec.name, namespace=rec.namespace):
+                    pass
+            except IntegrityError:
+                return not rec.same_revision(store.head(rec.name, namespace=rec.namespace))
+            except NotFound:
+                pass
+            return True
+
+        return await self.daemon.run(check)
+
+    async def _repair_own(self, rec: Record, sources: list[int]) -> bool:
+        """Fetch this daemon's bad copy of `rec` again from one of `sources`."""
+        for src in sources:
+            try:
+                await self.fetch(src, rec.namespace, rec.name, rec.version, False, force=True)
+            except _PEER_ERRORS as exc:
+                log.warning("repair of %s/%s from daemon %d: %s", rec.namespace, rec.name, src,
+                            exc)  # fmt: skip
+                continue
+            log.warning("repaired %s/%s v%d (bad blocks) from daemon %d", rec.namespace,
+                        rec.name, rec.version, src)  # fmt: skip
+            return True
+        return False
+
+    async def repair_soon(self, namespace: str, name: str) -> None:
+        """A read found bad blocks in this copy: fetch it again from another replica."""
+        rec = self.store.cached(name, namespace=namespace)
+        if rec is None:
+            rec = await self.daemon.run(self.store.head, name, namespace=namespace)
+        if rec is None or rec.deleted or await self._verify(rec):
+            return
+        m, me = self.cluster.map, self.cluster.id
+        placed = self._acting_or_none(m, rec)
+        if placed is None:
+            return
+        self.scrub_counts["errors"] += 1
+        if await self._repair_own(rec, [i for i in placed[1] if i != me and m.daemons[i].up]):
+            self.scrub_counts["repaired"] += 1
+
+    async def _compare(self, mine: list[tuple[Record, list[int]]]) -> None:
+        """Version and hash of each of `mine` on its other replicas; a stale or differing
+        copy is replaced by this one."""
+        by_daemon: dict[int, list[Record]] = {}
+        for r, others in mine:
+            for o in others:
+                by_daemon.setdefault(o, []).append(r)
+        sc = self.scrub_counts
+        for o, recs in by_daemon.items():
+            try:
+                answers = await self._ask_have(o, [(r.namespace, r.name) for r in recs])
+            except _PEER_ERRORS as exc:
+                log.info("scrub: daemon %d did not answer: %s", o, exc)
+                continue
+            for r, (version, digest) in zip(recs, answers, strict=True):
+                differs = version == r.version and None not in (digest, r.hash) and digest != r.hash
+                if version >= r.version and not differs:
+                    continue
+                sc["errors"] += 1
+                log.warning("scrub: daemon %d has %s/%s at version %d (%s), primary has %d",
+                            o, r.namespace, r.name, version,
+                            "different bytes" if differs else "stale", r.version)  # fmt: skip
+                try:
+                    rec, data = await self.whole(r.namespace, r.name)
+                    await self.forward_put([o], rec, data, force=rec.version == version)
+                except _PEER_ERRORS as exc:
+                    log.warning("scrub: repair on daemon %d failed: %s", o, exc)
+                    continue
+                sc["repaired"] += 1
