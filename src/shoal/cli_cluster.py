@@ -222,6 +222,84 @@ def cmd_status(args: argparse.Namespace) -> int:
     if s["pgs"]:
         print("    pgs:     " + "\n             ".join(
             f"{n} {state}" for state, n in sorted(s["pgs"].items())))  # fmt: skip
+    r, sc = s.get("recovery") or {}, s.get("scrub") or {}
+    if r.get("degraded_objects") or r.get("misplaced_objects") or r.get("recovering"):
+        if health == "HEALTH_OK":
+            health = "HEALTH_WARN"
+        print("  recovery:")
+        print(f"    degraded:  {r['degraded_objects']} objects ({_human(r['degraded_bytes'])})")
+        print(f"    misplaced: {r['misplaced_objects']} objects ({_human(r['misplaced_bytes'])})")
+        eta = r.get("eta")
+        print(f"    rate:      {_human(r['rate'])}/s, eta "
+              f"{'unknown' if eta is None else f'{eta:.0f} s'}; {r['recovering']} daemons "
+              "catching up")  # fmt: skip
+    if r.get("recovered_objects"):
+        print(f"    recovered: {r['recovered_objects']} objects "
+              f"({_human(r['recovered_bytes'])}) since the daemons started")  # fmt: skip
+    if sc.get("objects") or sc.get("running"):
+        print(f"  scrub:     {sc['objects']} objects checked, {sc['errors']} errors, "
+              f"{sc['repaired']} repaired{'; running' if sc.get('running') else ''}")  # fmt: skip
+    return 0
+
+
+def cmd_scrub(args: argparse.Namespace) -> int:
+    got = _admin(args, "scrub", pool=args.pool or "")
+    print(f"scrub {got['scrub']} requested{f' for pool {args.pool}' if args.pool else ''}; "
+          "`shoal status` shows what it finds")  # fmt: skip
+    return 0
+
+
+def cmd_rebalance(args: argparse.Namespace) -> int:
+    """The copies that would move (--dry-run), or a recovery pass on every daemon now,
+    followed until nothing is degraded or misplaced."""
+    import time
+
+    from shoal.cli import _run_async
+
+    cfg = _need_config(args)
+    if not args.dry_run:
+        _admin(args, "rebalance")
+        print("rebalance requested; following it (Ctrl-C stops following, not the move)")
+        while True:
+            time.sleep(1.0)
+            r = _admin(args, "status")["recovery"]
+            left = r["degraded_objects"] + r["misplaced_objects"]
+            eta = r.get("eta")
+            print(f"  {r['degraded_objects']} degraded, {r['misplaced_objects']} misplaced "
+                  f"({_human(r['degraded_bytes'] + r['misplaced_bytes'])}), "
+                  f"{_human(r['rate'])}/s, eta {'?' if eta is None else f'{eta:.0f} s'}",
+                  flush=True)  # fmt: skip
+            if not left and not r["recovering"]:
+                print("done: every object is where the map puts it")
+                return 0
+
+    async def plan() -> dict[int, dict[str, Any]]:
+        from shoal.client.cluster import ClusterClient
+        from shoal.proto.frames import Op
+
+        c = ClusterClient(cfg.master, cfg.access_key, cfg.secret, ca=cfg.ca)
+        try:
+            await c.connect()
+            out = {}
+            for i, d in sorted(c.map.daemons.items()):
+                if d.up:
+                    daemon = await c._daemon(d.address)
+                    out[i], _ = await daemon._call(Op.PLAN, {"ticket": c.ticket},
+                                                   idempotent=True)  # fmt: skip
+            return out
+        finally:
+            await c.close()
+
+    plans: dict[int, dict[str, Any]] = _run_async(plan())
+    total = [0, 0]
+    print("copies to move (from -> to: objects, bytes):")
+    for src, p in plans.items():
+        for dst, (n, size) in p["moves"].items():
+            print(f"  daemon {src} -> daemon {dst}: {n} objects, {_human(size)}")
+            total[0] += n
+            total[1] += size
+    print(f"total: {total[0]} copies, {_human(total[1])}; each source drops its copy once "
+          "every daemon of the object's set holds it")  # fmt: skip
     return 0
 
 
@@ -307,6 +385,16 @@ def add_commands(top: Any, nonneg: Callable[[str], int]) -> None:
     v.add_argument("--size", default="4G", help="each daemon's data file, when new")
     v.add_argument("--base-port", type=int, default=4140, help="0: any free ports")
     v.set_defaults(func=cmd_up)
+
+    v = top.add_parser("scrub", help="verify every copy and compare replicas now")
+    v.add_argument("--pool", help="only this pool")
+    add_cluster_options(v)
+    v.set_defaults(func=cmd_scrub)
+
+    v = top.add_parser("rebalance", help="move copies to where the map puts them now")
+    v.add_argument("--dry-run", action="store_true", help="show the plan, move nothing")
+    add_cluster_options(v)
+    v.set_defaults(func=cmd_rebalance)
 
     v = top.add_parser("status", help="the cluster at a glance")
     v.add_argument("--json", action="store_true")

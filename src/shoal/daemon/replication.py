@@ -46,7 +46,7 @@ from shoal.cluster.auth import issue
 from shoal.cluster.map import ClusterMap, Pool
 from shoal.cluster.placement import Placer
 from shoal.daemon.membership import Membership
-from shoal.engine import ObjectStore, Record
+from shoal.engine import Record
 from shoal.errors import (
     IntegrityError,
     InvalidArgument,

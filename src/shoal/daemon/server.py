@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from shoal.cluster.auth import Ticket, verify
 from shoal.daemon.membership import Membership
-from shoal.engine import ObjectStore, ObjectWriter, ObjKey, Record
+from shoal.engine import ObjectStore, ObjectWriter, Record
 from shoal.errors import (
     Conflict,
     Forbidden,
@@ -282,6 +282,8 @@ class Daemon:
         if op == Op.PING:
             return {"pong": True}, None
         repl = self.replication
+        if op == Op.PLAN and repl is not None:
+            return await repl.plan(), None
         if op in (Op.SCAN, Op.HAVE) and repl is not None:
             return await repl.handle(op, meta), None
         if op not in (Op.LIST, Op.STAT, Op.DELETE, Op.REFS):

@@ -65,6 +65,7 @@ class Op(IntEnum):
     # between daemons: recovery and scrub
     SCAN = 8
     HAVE = 9
+    PLAN = 10
     # the master's
     REGISTER = 16
     HEARTBEAT = 17
