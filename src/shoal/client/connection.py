@@ -57,9 +57,8 @@ class Connection(asyncio.Protocol):
         cls, host: str, port: int, timeout: float, ssl: SSLContext | None = None
     ) -> Connection:
         loop = asyncio.get_running_loop()
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(cls, host, port, ssl=ssl), timeout=timeout
-        )
+        async with asyncio.timeout(timeout):  # (not wait_for: on 3.11 it can lose a cancel)
+            _, conn = await loop.create_connection(cls, host, port, ssl=ssl)
         return conn
 
     @property

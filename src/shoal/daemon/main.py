@@ -107,6 +107,7 @@ async def serve(cfg: DaemonConfig, ready: asyncio.Event | None = None) -> None:
         if ready is not None:
             ready.set()
         await stop.wait()
+        log.info("stopping")
     finally:
         if http_server is not None:
             http_server.should_exit = True
@@ -118,6 +119,7 @@ async def serve(cfg: DaemonConfig, ready: asyncio.Event | None = None) -> None:
             await daemon.cluster.close()
         await daemon.close()
         store.close()
+        log.info("stopped")
 
 
 def _membership(cfg: DaemonConfig, store: ObjectStore, lines: list[str]) -> Membership:

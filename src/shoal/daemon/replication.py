@@ -70,6 +70,14 @@ FETCHES = 4  # objects fetched at once by recovery
 _PEER_ERRORS = (ShoalError, ConnectionError, OSError, TimeoutError)
 
 
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Until `event` is set or `timeout` passes. (Not asyncio.wait_for: on 3.11 it can swallow
+    a cancel that comes as the event is set, and the loop waiting would never stop.)"""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+
+
 def _pool_of(namespace: str) -> str:
     return namespace.partition("#")[0]
 
@@ -136,6 +144,7 @@ class Replication:
         self._scrub_pool = ""
         self._requests: dict[str, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
         self._throttle_at = 0.0
         self.passing = False
         self.counts: dict[str, Any] = {
@@ -159,11 +168,11 @@ class Replication:
                        asyncio.ensure_future(self._scrub_loop())]  # fmt: skip
 
     async def close(self) -> None:
+        self._closed = True  # (a loop whose cancel was lost stops at its next turn)
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5.0)
         await self.peers.close()
 
     def figures(self) -> dict[str, Any]:
@@ -331,15 +340,14 @@ class Replication:
 
     async def _recovery_loop(self) -> None:
         await self.cluster.registered.wait()
-        while True:
+        while not self._closed:
             self._wake.clear()
             m = self.cluster.map
             try:
                 await self.recover(m)
             except Exception:
                 log.exception("recovery pass at epoch %d failed", m.epoch)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+            await _wait(self._wake, self.interval)
 
     async def recover(self, m: ClusterMap) -> bool:
         """One pass at map `m`: fetch what this daemon lacks, then hand over what it should
@@ -536,9 +544,10 @@ class Replication:
 
     async def _scrub_loop(self) -> None:
         await self.cluster.registered.wait()
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._scrub_wake.wait(), self.scrub_interval)
+        while not self._closed:
+            await _wait(self._scrub_wake, self.scrub_interval)
+            if self._closed:
+                return
             self._scrub_wake.clear()
             pool, self._scrub_pool = self._scrub_pool, ""
             try:
