@@ -175,6 +175,9 @@ class Replication:
             await asyncio.wait(self._tasks, timeout=5.0)
         await self.peers.close()
 
+    def closed(self) -> bool:
+        return self._closed
+
     def figures(self) -> dict[str, Any]:
         c = dict(self.counts)
         c["degraded_objects"] += self.missing[0]
@@ -546,7 +549,7 @@ class Replication:
         await self.cluster.registered.wait()
         while not self._closed:
             await _wait(self._scrub_wake, self.scrub_interval)
-            if self._closed:
+            if self.closed():
                 return
             self._scrub_wake.clear()
             pool, self._scrub_pool = self._scrub_pool, ""
