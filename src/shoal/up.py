@@ -12,8 +12,8 @@ are on this machine). Ctrl-C stops the daemons, then the master; everything is k
 next `shoal up`.
 
 Ports: the master listens on BASE (daemons) and BASE+1 (clients); daemon i on BASE+10+2i
-(native) and BASE+11+2i (HTTP). --base-port 0 takes free ports (the config is rewritten at
-every start).
+(native), BASE+11+2i (HTTP) and BASE+40+i (other daemons, mutual TLS: replication and
+recovery). --base-port 0 takes free ports (the config is rewritten at every start).
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ class LocalCluster:
                 spawn(
                     d, size=self.size, listen=f"127.0.0.1:{self._port(10 + 2 * i)}",
                     http=f"127.0.0.1:{self._port(11 + 2 * i)}", log=self.data / f"daemon{i}.log",
-                    extra=["--master", peer, "--peer-cert", str(tls / f"daemon{i}.crt"),
+                    extra=["--master", peer, "--peer-address", f"127.0.0.1:{self._port(40 + i)}",
+                           "--peer-cert", str(tls / f"daemon{i}.crt"),
                            "--peer-key", str(tls / f"daemon{i}.key"),
                            "--peer-ca-cert", str(tls / "ca.crt")],
                 )
