@@ -204,8 +204,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
+    r, sc = s.get("recovery") or {}, s.get("scrub") or {}
+    moving = r.get("degraded_objects") or r.get("misplaced_objects") or r.get("recovering")
     health = "HEALTH_OK"
-    if s["up"] < s["daemons"] or set(s["pgs"]) - {"active+clean"}:
+    if s["up"] < s["daemons"] or set(s["pgs"]) - {"active+clean"} or moving:
         health = "HEALTH_WARN"
     if "inactive" in s["pgs"] or (s["daemons"] and not s["up"]):
         health = "HEALTH_ERR"
@@ -222,10 +224,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if s["pgs"]:
         print("    pgs:     " + "\n             ".join(
             f"{n} {state}" for state, n in sorted(s["pgs"].items())))  # fmt: skip
-    r, sc = s.get("recovery") or {}, s.get("scrub") or {}
-    if r.get("degraded_objects") or r.get("misplaced_objects") or r.get("recovering"):
-        if health == "HEALTH_OK":
-            health = "HEALTH_WARN"
+    if moving:
         print("  recovery:")
         print(f"    degraded:  {r['degraded_objects']} objects ({_human(r['degraded_bytes'])})")
         print(f"    misplaced: {r['misplaced_objects']} objects ({_human(r['misplaced_bytes'])})")

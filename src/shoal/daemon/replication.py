@@ -38,7 +38,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from shoal.client.client import AsyncClient
@@ -145,6 +145,7 @@ class Replication:
         self._requests: dict[str, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._writing: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
         self._throttle_at = 0.0
         self.passing = False
         self.counts: dict[str, Any] = {
@@ -248,35 +249,68 @@ class Replication:
         if clean is not m and me not in self.acting(clean, namespace, name)[1]:
             raise Unavailable(f"daemon {me} is still fetching {namespace}/{name}'s group")
 
-    async def forward_put(
-        self, replicas: list[int], rec: Record, data: Any, *, force: bool = False
-    ) -> None:
-        meta = {"namespace": rec.namespace, "name": rec.name, "version": rec.version,
-                "refs": list(rec.refs), "permanent": rec.permanent, "force": force}  # fmt: skip
-        await self._forward(replicas, rec, Op.PUT, meta, data)
+    @contextlib.asynccontextmanager
+    async def writing(self, namespace: str, name: str) -> AsyncIterator[tuple[int, Record | None]]:
+        """Hold the primary's turn to write `namespace/name` (writes of one object are
+        serialised here, so that a read-modify-write sees the last one); yields the version
+        the write takes and the object's current record (None: none, or a tombstone)."""
+        key = (namespace, name)
+        entry = self._writing.get(key)
+        if entry is None:
+            entry = self._writing[key] = (asyncio.Lock(), [0])
+        entry[1][0] += 1
+        try:
+            async with entry[0]:
+                store = self.store
+                cur = store.cached(name, namespace=namespace)
+                if cur is None:
+                    cur = await self.daemon.run(store.head, name, namespace=namespace)
+                version = max((cur.version if cur is not None else 0) + 1,
+                              self.cluster.epoch << 24)  # fmt: skip
+                yield version, (None if cur is None or cur.deleted else cur)
+        finally:
+            entry[1][0] -= 1
+            if not entry[1][0]:
+                del self._writing[key]
 
-    async def forward_delete(self, replicas: list[int], rec: Record) -> None:
-        meta = {"namespace": rec.namespace, "name": rec.name, "version": rec.version}
-        await self._forward(replicas, rec, Op.DELETE, meta, None)
+    async def send_put(
+        self, replicas: list[int], namespace: str, name: str, version: int, data: Any,
+        refs: Iterable[bytes], permanent: bool, *, force: bool = False,
+    ) -> None:  # fmt: skip
+        meta = {"namespace": namespace, "name": name, "version": version, "refs": list(refs),
+                "permanent": permanent, "force": force}  # fmt: skip
+        await self._send(replicas, Op.PUT, meta, data)
 
-    async def _forward(
-        self, replicas: list[int], rec: Record, op: int, meta: dict[str, Any], data: Any
+    async def send_delete(
+        self, replicas: list[int], namespace: str, name: str, version: int
     ) -> None:
+        await self._send(replicas, Op.DELETE, {"namespace": namespace, "name": name,
+                                               "version": version})  # fmt: skip
+
+    async def _send(
+        self, replicas: list[int], op: int, meta: dict[str, Any], data: Any = None
+    ) -> None:
+        """The change to every one of `replicas`, at once; Unavailable unless all of them
+        have committed it. (The primary commits its own copy only after this: a write that
+        fails here is in no copy but, at most, some of these: it has no effect, or a late
+        one, never the effect of undoing a later acknowledged write, whose version is higher.)"""
         results = await asyncio.gather(
             *(self.peers.call(r, op, dict(meta), data) for r in replicas), return_exceptions=True
         )
         failed = [(r, x) for r, x in zip(replicas, results, strict=True)
                   if isinstance(x, BaseException)]  # fmt: skip
         if failed:
+            what = f"{meta['namespace']}/{meta['name']} v{meta['version']}"
             why = "; ".join(f"daemon {r}: {type(x).__name__}: {x}" for r, x in failed)
-            log.warning("%s/%s v%d not replicated: %s", rec.namespace, rec.name, rec.version, why)
+            log.warning("%s not replicated: %s", what, why)
             raise Unavailable(
-                f"{rec.namespace}/{rec.name} was stored on {1 + len(replicas) - len(failed)} of "
-                f"{1 + len(replicas)} daemons and is not acknowledged ({why}); retry"
+                f"{what} reached {len(replicas) - len(failed)} of the {len(replicas)} other "
+                f"daemons of its set and is not acknowledged ({why}); retry"
             )
 
     async def whole(self, namespace: str, name: str) -> tuple[Record, bytes]:
-        """The object's record and its bytes, read together (for sending it whole)."""
+        """The object's record and its bytes, read together (for sending it whole, or
+        changing it)."""
 
         def read() -> tuple[Record, bytes]:
             for _ in range(5):
@@ -659,7 +693,8 @@ class Replication:
                             "different bytes" if differs else "stale", r.version)  # fmt: skip
                 try:
                     rec, data = await self.whole(r.namespace, r.name)
-                    await self.forward_put([o], rec, data, force=rec.version == version)
+                    await self.send_put([o], rec.namespace, rec.name, rec.version, data, rec.refs,
+                                        rec.permanent, force=rec.version == version)  # fmt: skip
                 except _PEER_ERRORS as exc:
                     log.warning("scrub: repair on daemon %d failed: %s", o, exc)
                     continue

@@ -44,6 +44,7 @@ from shoal.errors import (
     IntegrityError,
     InvalidArgument,
     NotAuthenticated,
+    NotFound,
     ShoalError,
     StaleMap,
     Superseded,
@@ -340,38 +341,35 @@ class Daemon:
             return record_meta(await self.run(store.stat, name, namespace=ns))
         replicas = repl.replicas_for_write(ns, name)
         if op == Op.DELETE:
-            _, tomb = await self.run(
-                store.remove, name, namespace=ns, zero=bool(meta.get("zero")),
-                discard=bool(meta.get("discard")),
-            )  # fmt: skip
-            assert tomb is not None
-            await repl.forward_delete(replicas, tomb)
-            return {"version": tomb.version}
+            async with repl.writing(ns, name) as (version, cur):
+                if cur is None:
+                    raise NotFound(f"{ns}/{name} not found")
+                if cur.permanent:
+                    raise Forbidden(f"{ns}/{name} is permanent: it cannot be deleted")
+                await repl.send_delete(replicas, ns, name, version)
+                zero, discard = bool(meta.get("zero")), bool(meta.get("discard"))
+                with contextlib.suppress(Superseded):
+                    await self.run(store.remove, name, namespace=ns, version=version, zero=zero,
+                                   discard=discard)  # fmt: skip
+            return {"version": version}
         repl.require_current(ns, name)  # (a change made to a stale copy would spread)
         add, remove = _refs(meta, "add"), _refs(meta, "remove")
-        if add:
-            await self.run(store.add_refs, name, add, namespace=ns)
-        if remove:
-            await self.run(store.remove_refs, name, remove, namespace=ns)
-        await self.forward_current(repl, replicas, ns, name)
-        try:
-            return {"refs": list((await self.run(store.stat, name, namespace=ns)).refs)}
-        except ShoalError:
-            return {"refs": []}
-
-    async def forward_current(
-        self, repl: Replication, replicas: list[int], ns: str, name: str
-    ) -> Record | None:
-        """Send the object as it is now (or its tombstone) to `replicas`; its record."""
-        head = await self.run(self.store.head, name, namespace=ns)
-        if head is None:
-            return None
-        if head.deleted:
-            await repl.forward_delete(replicas, head)
-            return head
-        rec, data = await repl.whole(ns, name)
-        await repl.forward_put(replicas, rec, data)
-        return rec
+        async with repl.writing(ns, name) as (version, cur):
+            if cur is None:
+                raise NotFound(f"{ns}/{name} not found")
+            refs = [r for r in cur.refs if r not in remove]
+            refs += [r for r in dict.fromkeys(add) if r not in refs]
+            if cur.refs and not refs and remove and not cur.permanent:  # the last one: gone
+                await repl.send_delete(replicas, ns, name, version)
+                with contextlib.suppress(Superseded):
+                    await self.run(store.remove, name, namespace=ns, version=version)
+                return {"refs": []}
+            _, data = await repl.whole(ns, name)
+            await repl.send_put(replicas, ns, name, version, data, refs, cur.permanent)
+            with contextlib.suppress(Superseded):
+                await self.run(_put_record, store, ns, name, data, refs, cur.permanent, version,
+                               False)  # fmt: skip
+        return {"refs": refs}
 
 
 def _put_record(
@@ -505,38 +503,73 @@ class _Upload:
             raise self.error
         permanent, force = bool(self.meta.get("permanent")), bool(self.meta.get("force"))
         repl = daemon.replication
+        if repl is not None and self.replicas is not None:
+            return await self._replicated(repl, self.replicas), None
         try:
             if self.header.op == Op.WRITE_AT:
                 assert isinstance(self.name, str)
                 key = await daemon.run(
                     store.write_at, self.name, self.offset, self.buf, namespace=self.namespace
                 )
-                if repl is not None and self.replicas is not None:
-                    await daemon.forward_current(repl, self.replicas, self.namespace, self.name)
                 return {"uuid": key.uuid.bytes, "hash": key.hash, "size": key.size}, None
-            if self.writer is not None:
-                writer, self.writer = self.writer, None
-                await daemon.run(writer.commit)
-                rec = writer.record
-            elif self.size <= BATCHED_PUT and not force:
-                rec = await daemon.put_small(
-                    self.namespace, self.name, self.buf, self.refs, permanent, self.version
-                )
-            else:
-                rec = await daemon.run(
-                    _put_record, store, self.namespace, self.name, self.buf, self.refs,
-                    permanent, self.version, force,
-                )  # fmt: skip
+            rec = await self._commit(self.version, permanent, force)
         except Superseded as exc:  # a peer's change older than this copy: nothing to do
             return {"version": exc.version, "superseded": True}, None
-        assert rec is not None
-        if repl is not None and self.replicas is not None:
-            data = b"".join([*self.kept, self.buf]) if self.kept else self.buf
-            self.kept = []
-            await repl.forward_put(self.replicas, rec, data)
         key = rec.key
         return {"uuid": key.uuid.bytes, "hash": key.hash, "size": key.size,
                 "version": rec.version}, None  # fmt: skip
+
+    async def _commit(
+        self, version: int | None, permanent: bool, force: bool, data: Any = None,
+        refs: list[bytes] | None = None,
+    ) -> Record:  # fmt: skip
+        """Commit this upload's object here (or `data` instead of its payload)."""
+        daemon, store = self.conn.daemon, self.conn.daemon.store
+        refs = self.refs if refs is None else refs
+        if self.writer is not None and data is None:
+            writer, self.writer = self.writer, None
+            writer.set_version(version, force)
+            await daemon.run(writer.commit)
+            rec = writer.record
+        elif data is None and self.size <= BATCHED_PUT and not force:
+            rec = await daemon.put_small(self.namespace, self.name, self.buf, refs, permanent,
+                                         version)  # fmt: skip
+        else:
+            rec = await daemon.run(
+                _put_record, store, self.namespace, self.name, self.buf if data is None else data,
+                refs, permanent, version, force,
+            )  # fmt: skip
+        assert rec is not None
+        return rec
+
+    async def _replicated(self, repl: Replication, replicas: list[int]) -> dict[str, Any]:
+        """A client's write on the primary: the object as it will be goes to the other
+        replicas first, and is committed here once they all have it."""
+        ns, name = self.namespace, self.name
+        assert isinstance(name, str)
+        async with repl.writing(ns, name) as (version, cur):
+            if cur is not None and cur.permanent:
+                raise Forbidden(f"{ns}/{name} is permanent: it cannot be changed")
+            if self.header.op == Op.WRITE_AT:  # sent whole, as it is after the write
+                old = (await repl.whole(ns, name))[1] if cur is not None else b""
+                end = self.offset + len(self.buf)
+                data: Any = bytearray(old) + bytes(max(0, end - len(old)))
+                data[self.offset : end] = self.buf
+                refs, permanent = list(cur.refs) if cur is not None else [], False
+            else:
+                data = b"".join([*self.kept, self.buf]) if self.kept else self.buf
+                refs, permanent = self.refs, bool(self.meta.get("permanent"))
+            self.kept = []
+            await repl.send_put(replicas, ns, name, version, data, refs, permanent)
+            try:
+                if self.header.op == Op.WRITE_AT:
+                    rec = await self._commit(version, permanent, False, data, refs)
+                else:
+                    rec = await self._commit(version, permanent, False)
+            except Superseded:  # a newer version came meanwhile (recovery): this one was first
+                rec = await self.conn.daemon.run(self.conn.daemon.store.stat, name, namespace=ns)
+        key = rec.key
+        return {"uuid": key.uuid.bytes, "hash": key.hash, "size": key.size, "version": rec.version}
 
     async def abort(self) -> None:
         if self.pump is not None and not self.pump.done():

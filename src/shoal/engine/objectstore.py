@@ -388,6 +388,10 @@ class ObjectWriter:
         self._crcs.extend(crcs)
         self._written += n
 
+    def set_version(self, version: int | None, force: bool = False) -> None:
+        """Commit at exactly `version` (a replicated write: see `ObjectStore.writer`)."""
+        self._version, self._force = version, force
+
     def commit(self) -> ObjKey:
         if self._closed:
             raise InvalidArgument("commit of a closed writer")
