@@ -1,6 +1,7 @@
 """Replication in a real cluster: writes refused below min_size while reads go on, writes
-sent to the other replicas over the daemons' mutual-TLS addresses, deletes that a daemon missed while down are not undone by it,
-and the admin verbs `shoal status`, `shoal rebalance --dry-run` and `shoal scrub`."""
+sent to the other replicas over the daemons' mutual-TLS addresses, deletes that a daemon
+missed while down are not undone by it, and the admin verbs `shoal status`, `shoal rebalance
+--dry-run` and `shoal scrub`."""
 
 from __future__ import annotations
 

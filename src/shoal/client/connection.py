@@ -163,15 +163,27 @@ class Connection(asyncio.Protocol):
         """Send one request; return the reply's meta and payload (empty if `sink` took it)."""
         rid, p = self._register(sink)
         size = len(payload) if payload is not None else 0
-        async with self.send_lock:
-            assert self.transport is not None
-            head = encode(op, rid, meta, size, epoch=epoch)
-            if size:
-                self.transport.writelines([head, payload])  # type: ignore[list-item]
-            else:
-                self.transport.write(head)
-            await self.writable.wait()
-        return await p.future
+        try:
+            async with self.send_lock:
+                if self.closed or self.transport is None or self.transport.is_closing():
+                    raise ConnectionError("connection to the daemon is closed")
+                head = encode(op, rid, meta, size, epoch=epoch)
+                if size:
+                    self.transport.writelines([head, payload])  # type: ignore[list-item]
+                else:
+                    self.transport.write(head)
+                await self.writable.wait()
+            return await p.future
+        except BaseException:  # (a timeout, a cancel): no one will wait for the reply
+            self._forget(rid, p)
+            raise
+
+    def _forget(self, rid: int, p: _Pending) -> None:
+        self.pending.pop(rid, None)
+        if not p.future.done():
+            p.future.cancel()
+        elif not p.future.cancelled():
+            p.future.exception()  # (retrieved: not reported as never retrieved)
 
     async def request_stream(
         self,

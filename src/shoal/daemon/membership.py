@@ -90,7 +90,8 @@ class Membership:
                     beat.cancel()
                     follow.cancel()
             except (OSError, ConnectionError, ShoalError, ssl.SSLError, TimeoutError) as exc:
-                log.warning("master at %s:%d: %s; retrying in %.1f s", host, port, exc, backoff)
+                log.warning("master at %s:%d: %s: %s; retrying in %.1f s", host, port,
+                            type(exc).__name__, exc, backoff)  # fmt: skip
             finally:
                 if conn is not None:
                     conn.close()

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal.daemon")
 
 FORWARD_MAX = 64 << 20  # a replicated object is sent whole: clients stripe larger ones
-PEER_TIMEOUT = 20.0
+PEER_TIMEOUT = 10.0  # to connect, and for one request (a whole object of FORWARD_MAX at most)
 SCAN_PAGE = 2000
 HAVE_BATCH = 500
 FETCHES = 4  # objects fetched at once by recovery
@@ -184,7 +184,7 @@ class Replication:
         c["degraded_objects"] += self.missing[0]
         c["degraded_bytes"] += self.missing[1]
         current = self.clean is not None and self.clean.epoch == self.cluster.epoch
-        return {**c, "current": current and not self.passing, "epoch": self.cluster.epoch,
+        return {**c, "current": current, "epoch": self.cluster.epoch,
                 "scrub": dict(self.scrub_counts)}  # fmt: skip
 
     def _on_reply(self, reply: dict[str, Any]) -> None:
@@ -207,7 +207,10 @@ class Replication:
 
     def acting(self, m: ClusterMap, namespace: str, name: str) -> tuple[Pool, tuple[int, ...]]:
         pool = _pool_of(namespace)
-        placement = self.placer(m).pool(pool)  # NotFound for a pool that is not in the map
+        if pool not in m.pools:  # (made after this daemon's map, perhaps: it will hear)
+            raise Unavailable(f"there is no pool {pool!r} in map epoch {m.epoch} of daemon "
+                              f"{self.cluster.id}")  # fmt: skip
+        placement = self.placer(m).pool(pool)
         return placement.pool, placement.place(pool, name)
 
     def _acting_or_none(self, m: ClusterMap, rec: Record) -> tuple[Pool, tuple[int, ...]] | None:
@@ -439,11 +442,14 @@ class Replication:
             log.info("recovery at epoch %d: fetching %d objects (%d bytes)", m.epoch,
                      *self.missing)  # fmt: skip
         busy = asyncio.Semaphore(FETCHES)
-        failures = 0
+        failures = stale = 0
 
         async def one(ns: str, name: str, version: int, deleted: bool, size: int, src: int) -> None:
-            nonlocal failures
+            nonlocal failures, stale
             async with busy:
+                if self.cluster.map is not m:  # a newer map: its own pass fetches what it says
+                    stale += 1
+                    return
                 try:
                     n = await self.fetch(src, ns, name, version, deleted)
                 except _PEER_ERRORS as exc:
@@ -458,7 +464,7 @@ class Replication:
         await asyncio.gather(*(one(*t) for t in todo))
         if failures:
             log.warning("recovery at epoch %d: %d fetches failed; will retry", m.epoch, failures)
-        return complete and not failures
+        return complete and not failures and not stale
 
     async def fetch(
         self, src: int, ns: str, name: str, version: int, deleted: bool, force: bool = False

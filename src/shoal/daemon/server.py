@@ -496,6 +496,8 @@ class _Upload:
             await self.pump
         if self.error is None and self.streaming:
             self.pieces.append(self.buf)
+            if self.replicas is not None:
+                self.kept.append(self.buf)
             self.buf = bytearray()
             await self._pump()
         if self.error is not None:
