@@ -67,6 +67,7 @@ PEER_TIMEOUT = 10.0  # to connect, and for one request (a whole object of FORWAR
 SCAN_PAGE = 2000
 HAVE_BATCH = 500
 FETCHES = 4  # objects fetched at once by recovery
+SETTLE, SETTLE_MAX = 0.5, 5.0  # a pass after a map change waits for the map to settle
 _PEER_ERRORS = (ShoalError, ConnectionError, OSError, TimeoutError)
 
 
@@ -380,14 +381,29 @@ class Replication:
 
     async def _recovery_loop(self) -> None:
         await self.cluster.registered.wait()
+        seen = -1
         while not self._closed:
             self._wake.clear()
+            if self.cluster.epoch != seen:
+                await self._settle()
             m = self.cluster.map
+            seen = m.epoch
             try:
                 await self.recover(m)
             except Exception:
                 log.exception("recovery pass at epoch %d failed", m.epoch)
             await _wait(self._wake, self.interval)
+
+    async def _settle(self) -> None:
+        """Let a burst of map changes (daemons added one after the other) end before a pass,
+        so that data is not fetched for a map that is already gone (SETTLE at a time, at
+        most SETTLE_MAX)."""
+        epoch = self.cluster.epoch
+        for _ in range(int(SETTLE_MAX / SETTLE)):
+            await asyncio.sleep(SETTLE)
+            if self.cluster.epoch == epoch:
+                return
+            epoch = self.cluster.epoch
 
     async def recover(self, m: ClusterMap) -> bool:
         """One pass at map `m`: fetch what this daemon lacks, then hand over what it should
