@@ -3,7 +3,7 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-APT_TEST_PKGS := util-linux curl
+APT_TEST_PKGS := util-linux curl iproute2
 APT_BENCH_PKGS := fio nginx-extras wrk
 
 .PHONY: install install-test install-bench up test lint bench clean
@@ -19,7 +19,7 @@ install: $(BIN)/python
 APT := $(if $(filter 0,$(shell id -u)),,sudo )apt-get
 
 install-test: $(BIN)/python
-	@command -v losetup >/dev/null && command -v curl >/dev/null \
+	@command -v losetup >/dev/null && command -v curl >/dev/null && command -v ss >/dev/null \
 		|| ($(APT) update -qq && $(APT) install -y -qq $(APT_TEST_PKGS))
 	$(BIN)/pip install -q -e '.[test]'
 
@@ -42,6 +42,7 @@ test: install-test lint
 bench: install-bench
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.daemon
+	$(BIN)/python -m bench.replication
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
