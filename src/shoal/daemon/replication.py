@@ -280,10 +280,11 @@ class Replication:
     async def send_put(
         self, replicas: list[int], namespace: str, name: str, version: int, data: Any,
         refs: Iterable[bytes], permanent: bool, *, force: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """Send the object whole; each replica's reply (its copy's hash among them)."""
         meta = {"namespace": namespace, "name": name, "version": version, "refs": list(refs),
                 "permanent": permanent, "force": force}  # fmt: skip
-        await self._send(replicas, Op.PUT, meta, data)
+        return await self._send(replicas, Op.PUT, meta, data)
 
     async def send_delete(
         self, replicas: list[int], namespace: str, name: str, version: int
@@ -293,7 +294,7 @@ class Replication:
 
     async def _send(
         self, replicas: list[int], op: int, meta: dict[str, Any], data: Any = None
-    ) -> None:
+    ) -> list[dict[str, Any]]:
         """The change to every one of `replicas`, at once; Unavailable unless all of them
         have committed it. (The primary commits its own copy only after this: a write that
         fails here is in no copy but, at most, some of these: it has no effect, or a late
@@ -311,6 +312,26 @@ class Replication:
                 f"{what} reached {len(replicas) - len(failed)} of the {len(replicas)} other "
                 f"daemons of its set and is not acknowledged ({why}); retry"
             )
+        return [x[0] for x in results]  # type: ignore[index]
+
+    async def check_copies(
+        self, replicas: list[int], replies: list[dict[str, Any]], rec: Record, data: Any
+    ) -> None:
+        """The replicas' copies of a write hash as the primary's did; one that does not (a
+        fault on the way or on its disk) is sent again, and counted as a scrub would."""
+        for r, reply in zip(replicas, replies, strict=True):
+            got = reply.get("hash")
+            if reply.get("superseded") or got is None or rec.hash is None or got == rec.hash:
+                continue
+            self.scrub_counts["errors"] += 1
+            log.error("daemon %d's copy of %s/%s v%d hashes differently: sending it again", r,
+                      rec.namespace, rec.name, rec.version)  # fmt: skip
+            try:
+                await self.send_put([r], rec.namespace, rec.name, rec.version, data, rec.refs,
+                                    rec.permanent, force=True)  # fmt: skip
+                self.scrub_counts["repaired"] += 1
+            except _PEER_ERRORS as exc:
+                log.warning("daemon %d: %s (scrub will find it)", r, exc)
 
     async def whole(self, namespace: str, name: str) -> tuple[Record, bytes]:
         """The object's record and its bytes, read together (for sending it whole, or

@@ -561,8 +561,10 @@ class _Upload:
             else:
                 data = b"".join([*self.kept, self.buf]) if self.kept else self.buf
                 refs, permanent = self.refs, bool(self.meta.get("permanent"))
+                if len(data) != self.size:  # (what the replicas get is what came)
+                    raise ShoalError(f"internal: {len(data)} bytes kept of {self.size}")
             self.kept = []
-            await repl.send_put(replicas, ns, name, version, data, refs, permanent)
+            replies = await repl.send_put(replicas, ns, name, version, data, refs, permanent)
             try:
                 if self.header.op == Op.WRITE_AT:
                     rec = await self._commit(version, permanent, False, data, refs)
@@ -570,6 +572,8 @@ class _Upload:
                     rec = await self._commit(version, permanent, False)
             except Superseded:  # a newer version came meanwhile (recovery): this one was first
                 rec = await self.conn.daemon.run(self.conn.daemon.store.stat, name, namespace=ns)
+            else:
+                await repl.check_copies(replicas, replies, rec, data)
         key = rec.key
         return {"uuid": key.uuid.bytes, "hash": key.hash, "size": key.size, "version": rec.version}
 
