@@ -124,8 +124,11 @@ class LocalCluster:
                 if not s["pools"]:
                     await c.admin("pool_create", name="default", replicas=min(3, self.n),
                                   pg_num=128, failure_domain="daemon")  # fmt: skip
+                while True:  # every daemon current (caught up with the others) at this map
                     s = await c.admin("status")
-                return s
+                    if not s["recovery"]["recovering"] or time.monotonic() > deadline:
+                        return s
+                    await asyncio.sleep(0.2)
             finally:
                 await c.close()
 

@@ -294,6 +294,16 @@ async def wait_registered(
     )  # fmt: skip
 
 
+async def wait_current(c: ClusterClient, timeout: float = 20.0) -> None:
+    """Wait until every daemon has caught up with the others at the master's map (a daemon
+    answers a client for its copies only then)."""
+
+    async def recovering() -> int:
+        return int((await c.admin("status"))["recovery"]["recovering"])
+
+    await eventually(recovering, lambda n: n == 0, timeout, every=0.1, what="daemons current")
+
+
 def direct(c: ClusterClient, address: str, *, epoch: int | None = None) -> AsyncClient:
     """A plain client of one daemon, carrying `c`'s ticket and map epoch (or `epoch`)."""
     a = AsyncClient(address, pool_size=1, timeout=10)

@@ -41,6 +41,7 @@ from tests.integration.cluster_helpers import (
     state,
     stop_all,
     wait_closed,
+    wait_current,
     wait_registered,
 )
 
@@ -72,6 +73,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MasterProcess]:
                                         failure_domain="daemon")  # fmt: skip
                 await map_at(c, out["epoch"])
                 await c.put("p", "a", b"the object a")
+                await wait_current(c)
 
         run_sync(ready)
         yield m
@@ -220,8 +222,9 @@ async def test_forged_tampered_and_missing_tickets(secure: MasterProcess) -> Non
             assert isinstance(exc, NotAuthenticated)
             assert str(exc) == "no ticket: authenticate with the master first"
 
-            raw.ticket = real
-            exc = await refused_within(raw.stat("p", "forged"))  # nothing was stored
+            raw.ticket = real  # nothing was stored, there or anywhere
+            assert "forged" not in [x.name for x in (await raw.list("p"))[0]]
+            exc = await refused_within(c.stat("p", "forged"))
             assert isinstance(exc, NotFound)
         # at the master, a forged ticket is no better
         conn = await Connection.open(*parse_address(secure.client), 5, ssl=c.ssl)

@@ -58,6 +58,9 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+_CHANGES = frozenset({Op.PUT, Op.WRITE_AT, Op.DELETE, Op.REFS})
+
+
 def _key(meta: dict[str, Any]) -> ObjKey:
     return ObjKey(uuidlib.UUID(bytes=meta["uuid"]), meta["hash"], meta["size"])
 
@@ -132,6 +135,8 @@ class AsyncClient:
         idempotent: bool,
         sink: Sink | None = None,
     ) -> tuple[dict[str, Any], bytearray]:
+        if op in _CHANGES:  # (a daemon does not start a change its client has given up on)
+            meta.setdefault("timeout", self.timeout)
         attempt = 0
         while True:
             conn = await self._conn()

@@ -280,32 +280,44 @@ class Replication:
     async def send_put(
         self, replicas: list[int], namespace: str, name: str, version: int, data: Any,
         refs: Iterable[bytes], permanent: bool, *, force: bool = False,
+        expires: float | None = None,
     ) -> list[dict[str, Any]]:  # fmt: skip
         """Send the object whole; each replica's reply (its copy's hash among them)."""
         meta = {"namespace": namespace, "name": name, "version": version, "refs": list(refs),
                 "permanent": permanent, "force": force}  # fmt: skip
-        return await self._send(replicas, Op.PUT, meta, data)
+        return await self._send(replicas, Op.PUT, meta, data, expires)
 
     async def send_delete(
-        self, replicas: list[int], namespace: str, name: str, version: int
-    ) -> None:
+        self, replicas: list[int], namespace: str, name: str, version: int,
+        expires: float | None = None,
+    ) -> None:  # fmt: skip
         await self._send(replicas, Op.DELETE, {"namespace": namespace, "name": name,
-                                               "version": version})  # fmt: skip
+                                               "version": version}, None, expires)  # fmt: skip
 
     async def _send(
-        self, replicas: list[int], op: int, meta: dict[str, Any], data: Any = None
-    ) -> list[dict[str, Any]]:
+        self, replicas: list[int], op: int, meta: dict[str, Any], data: Any = None,
+        expires: float | None = None,
+    ) -> list[dict[str, Any]]:  # fmt: skip
         """The change to every one of `replicas`, at once; Unavailable unless all of them
         have committed it. (The primary commits its own copy only after this: a write that
         fails here is in no copy but, at most, some of these: it has no effect, or a late
         one, never the effect of undoing a later acknowledged write, whose version is higher.)"""
-        results = await asyncio.gather(
-            *(self.peers.call(r, op, dict(meta), data) for r in replicas), return_exceptions=True
-        )
+        what = f"{meta['namespace']}/{meta['name']} v{meta['version']}"
+        timeout = PEER_TIMEOUT
+        if expires is not None:  # a replica refuses it after that (wall clocks: NTP's accuracy)
+            meta["expires"] = expires
+            timeout = min(timeout, expires - time.time())
+            if timeout <= 0:
+                raise Unavailable(f"{what}: the client's deadline passed before it could start")
+
+        async def one(r: int) -> tuple[dict[str, Any], bytearray]:
+            async with asyncio.timeout(timeout):
+                return await self.peers.call(r, op, dict(meta), data)
+
+        results = await asyncio.gather(*(one(r) for r in replicas), return_exceptions=True)
         failed = [(r, x) for r, x in zip(replicas, results, strict=True)
                   if isinstance(x, BaseException)]  # fmt: skip
         if failed:
-            what = f"{meta['namespace']}/{meta['name']} v{meta['version']}"
             why = "; ".join(f"daemon {r}: {type(x).__name__}: {x}" for r, x in failed)
             log.warning("%s not replicated: %s", what, why)
             raise Unavailable(

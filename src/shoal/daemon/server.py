@@ -48,6 +48,7 @@ from shoal.errors import (
     ShoalError,
     StaleMap,
     Superseded,
+    Unavailable,
 )
 from shoal.proto.frames import (
     MAX_PAYLOAD,
@@ -331,6 +332,7 @@ class Daemon:
                 return record_meta(await self.run(store.stat, name, namespace=ns))
             if op != Op.DELETE:
                 raise InvalidArgument(f"operation {op} is not replicated")
+            check_expiry(expiry(meta), ns, name)
             try:
                 await self.run(store.remove, name, namespace=ns, version=_int(meta, "version"))
             except Superseded as exc:
@@ -346,7 +348,7 @@ class Daemon:
                     raise NotFound(f"{ns}/{name} not found")
                 if cur.permanent:
                     raise Forbidden(f"{ns}/{name} is permanent: it cannot be deleted")
-                await repl.send_delete(replicas, ns, name, version)
+                await repl.send_delete(replicas, ns, name, version, expiry(meta))
                 zero, discard = bool(meta.get("zero")), bool(meta.get("discard"))
                 with contextlib.suppress(Superseded):
                     await self.run(store.remove, name, namespace=ns, version=version, zero=zero,
@@ -360,16 +362,35 @@ class Daemon:
             refs = [r for r in cur.refs if r not in remove]
             refs += [r for r in dict.fromkeys(add) if r not in refs]
             if cur.refs and not refs and remove and not cur.permanent:  # the last one: gone
-                await repl.send_delete(replicas, ns, name, version)
+                await repl.send_delete(replicas, ns, name, version, expiry(meta))
                 with contextlib.suppress(Superseded):
                     await self.run(store.remove, name, namespace=ns, version=version)
                 return {"refs": []}
             _, data = await repl.whole(ns, name)
-            await repl.send_put(replicas, ns, name, version, data, refs, cur.permanent)
+            await repl.send_put(
+                replicas, ns, name, version, data, refs, cur.permanent, expires=expiry(meta)
+            )
             with contextlib.suppress(Superseded):
                 await self.run(_put_record, store, ns, name, data, refs, cur.permanent, version,
                                False)  # fmt: skip
         return {"refs": refs}
+
+
+def expiry(meta: dict[str, Any]) -> float | None:
+    """When a change must have been carried out by (wall clock), if it says: a replica's
+    request carries its primary's `expires`; a client's its `timeout` (seconds)."""
+    if meta.get("replica"):
+        e = meta.get("expires")
+        return float(e) if isinstance(e, int | float) else None
+    t = meta.get("timeout")
+    if isinstance(t, int | float) and t > 0:
+        return time.time() + min(float(t), 3600.0) - 0.25
+    return None
+
+
+def check_expiry(expires: float | None, namespace: str, name: str | None) -> None:
+    if expires is not None and time.time() > expires:
+        raise Unavailable(f"a change of {namespace}/{name} arrived after its deadline: dropped")
 
 
 def _put_record(
@@ -430,10 +451,12 @@ class _Upload:
         self.replica = repl is not None and bool(self.meta.get("replica"))
         self.replicas: list[int] | None = None  # where a primary sends the write
         self.kept: list[bytearray] = []  # the streamed pieces, kept to send them on
+        self.expires = expiry(self.meta)
         if self.replica:
             if self.header.op != Op.PUT or not isinstance(self.name, str):
                 raise InvalidArgument("a replicated write is a PUT with a name")
             self.version: int | None = _int(self.meta, "version")
+            check_expiry(self.expires, self.namespace, self.name)
             return
         self.version = None
         if repl is None:
@@ -507,6 +530,8 @@ class _Upload:
         repl = daemon.replication
         if repl is not None and self.replicas is not None:
             return await self._replicated(repl, self.replicas), None
+        if self.replica:  # (a write that took long to arrive: its primary has given up)
+            check_expiry(self.expires, self.namespace, self.name)
         try:
             if self.header.op == Op.WRITE_AT:
                 assert isinstance(self.name, str)
@@ -564,7 +589,8 @@ class _Upload:
                 if len(data) != self.size:  # (what the replicas get is what came)
                     raise ShoalError(f"internal: {len(data)} bytes kept of {self.size}")
             self.kept = []
-            replies = await repl.send_put(replicas, ns, name, version, data, refs, permanent)
+            replies = await repl.send_put(replicas, ns, name, version, data, refs, permanent,
+                                          expires=self.expires)  # fmt: skip
             try:
                 if self.header.op == Op.WRITE_AT:
                     rec = await self._commit(version, permanent, False, data, refs)
@@ -657,7 +683,7 @@ class _Connection(asyncio.Protocol):
         refused = self.daemon.refusal(h, ev.meta)
         if h.op in (Op.PUT, Op.WRITE_AT):
             upload = _Upload(self, h, ev.meta)
-            upload.error = upload.error or refused
+            upload.error = refused or upload.error
             if upload.error is not None and h.payload_len > SMALL:
                 self.refuse(h, upload.error)  # say so now, not after megabytes more
                 return
