@@ -68,6 +68,7 @@ SCAN_PAGE = 2000
 HAVE_BATCH = 500
 FETCHES = 4  # objects fetched at once by recovery
 SETTLE, SETTLE_MAX = 0.5, 5.0  # a pass after a map change waits for the map to settle
+FULL_EVERY = 600.0  # seconds between passes when nothing is left to fetch or hand over
 _PEER_ERRORS = (ShoalError, ConnectionError, OSError, TimeoutError)
 
 
@@ -414,17 +415,26 @@ class Replication:
 
     async def _recovery_loop(self) -> None:
         await self.cluster.registered.wait()
-        seen = -1
+        seen, done_at, settled = -1, 0.0, False
         while not self._closed:
+            woken = self._wake.is_set()
             self._wake.clear()
-            if self.cluster.epoch != seen:
-                await self._settle()
-            m = self.cluster.map
-            seen = m.epoch
-            try:
-                await self.recover(m)
-            except Exception:
-                log.exception("recovery pass at epoch %d failed", m.epoch)
+            changed = self.cluster.epoch != seen
+            # With nothing left to do, a timer's pass is a check now and then (every
+            # FULL_EVERY): a pass reads every row of every daemon.
+            if changed or woken or not settled or time.monotonic() - done_at > FULL_EVERY:
+                if changed:
+                    await self._settle()
+                m = self.cluster.map
+                seen = m.epoch
+                try:
+                    complete = await self.recover(m)
+                except Exception:
+                    log.exception("recovery pass at epoch %d failed", m.epoch)
+                    complete = False
+                left = self.counts["misplaced_objects"] + self.counts["degraded_objects"]
+                settled = complete and not left and not self.missing[0]
+                done_at = time.monotonic()
             await _wait(self._wake, self.interval)
 
     async def _settle(self) -> None:
