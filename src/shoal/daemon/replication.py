@@ -455,8 +455,9 @@ class Replication:
         try:
             complete = await self._fetch_missing(m)
             if complete:
+                first = self.clean is None or self.clean.epoch != m.epoch
                 self.clean = m
-                if m.epoch == self.cluster.epoch:
+                if first and m.epoch == self.cluster.epoch:
                     log.info("current at epoch %d", m.epoch)
             await self._survey(m, hand_over=complete)
             return complete
