@@ -203,8 +203,21 @@ async def test_status_rebalance_plan_and_scrub_verbs(master: MasterProcess, tmp_
 
         s = await eventually(scrubbed, lambda s: s["objects"] >= 3 * 40 and not s["running"],
                              timeout=20, every=0.2)  # fmt: skip
-        assert s["errors"] == 0 and s["repaired"] == 0
+        assert s["objects"] == 3 * 40 and s["errors"] == 0 and s["repaired"] == 0
         assert (
             "120 objects checked, 0 errors"
             in shoal("status", env=env, cwd=tmp_path).stdout.decode()
         )
+        # one pool only: its copies are checked, not the others'
+        await pool3(c, "q")
+        await asyncio.gather(*(c.put("q", f"q{i}", b"q" * 1000) for i in range(5)))
+        assert "for pool q" in shoal("scrub", "--pool", "q", env=env, cwd=tmp_path).stdout.decode()
+        s = await eventually(scrubbed, lambda s: s["objects"] >= 3 * 45 and not s["running"],
+                             timeout=20, every=0.2)  # fmt: skip
+        await asyncio.sleep(0.5)  # (a scrub of more than pool q would show by now)
+        assert (await scrubbed())["objects"] == 3 * 45
+        bad = shoal("scrub", "--pool", "nope", env=env, cwd=tmp_path, ok=False)
+        assert bad.returncode != 0 and b"nope" in bad.stderr
+        # and a rebalance with nothing to move says so at once
+        out = shoal("rebalance", env=env, cwd=tmp_path, timeout=30).stdout.decode()
+        assert "done: every object is where the map puts it" in out
