@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from shoal.client.cluster import ClusterClient
-from shoal.errors import NotFound, Unavailable
+from shoal.errors import NotFound, ShoalError, Unavailable
 from tests.integration.cluster_helpers import (
     FAST,
     MasterProcess,
@@ -221,3 +221,37 @@ async def test_status_rebalance_plan_and_scrub_verbs(master: MasterProcess, tmp_
         # and a rebalance with nothing to move says so at once
         out = shoal("rebalance", env=env, cwd=tmp_path, timeout=30).stdout.decode()
         assert "done: every object is where the map puts it" in out
+
+
+@pytest.mark.asyncio
+async def test_a_read_cut_short_is_not_started_again_into_the_same_sink(
+    master: MasterProcess, tmp_path: Path
+) -> None:
+    """A streamed read whose daemon dies half-way fails: another replica would feed the
+    caller's sink the first bytes again."""
+    ds = [start_member(master, tmp_path / f"d{i}", f"h{i}") for i in range(3)]
+    async with master.client_for(timeout=5.0) as c:
+        await wait_registered(c, 3)
+        out = await c.admin("pool_create", name="p", replicas=2, min_size=1, pg_num=8,
+                            failure_domain="daemon")  # fmt: skip
+        await map_at(c, out["epoch"])
+        await settled(c)
+        data = random.Random(7).randbytes(48 << 20)  # one object, not striped: sent directly
+        primary = c.acting("p", "big")[0]
+        d = direct(c, c.map.daemons[primary].address)
+        try:
+            await d.put("p", "big", data)
+        finally:
+            await d.close()
+        victim = next(x for x in ds if x.address == c.map.daemons[primary].address)
+        got = bytearray()
+
+        def sink(piece: memoryview) -> None:
+            if not got:
+                stop_member(victim, signal.SIGKILL)  # the daemon sending it dies
+            got.extend(piece)
+
+        with pytest.raises((ShoalError, ConnectionError)):
+            await c.get_to("p", "big", sink)
+        assert len(got) < len(data) and bytes(got) == data[: len(got)], "a prefix, never more"
+        assert await c.get("p", "big") == data  # the other copy, read whole

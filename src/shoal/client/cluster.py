@@ -408,9 +408,19 @@ class ClusterClient:
     ) -> ObjectInfo:
         info = await self._on_replicas(pool, name, lambda c: c.stat(pool, name))
         if HEAD_REF not in info.refs:
-            return await self._on_replicas(
-                pool, name, lambda c: c.get_to(pool, name, sink, offset=offset, length=length)
-            )
+            fed = 0
+
+            def counted(piece: memoryview) -> None:
+                nonlocal fed
+                fed += len(piece)
+                sink(piece)
+
+            async def once(c: AsyncClient) -> ObjectInfo:
+                if fed:  # another replica would start again from the first byte
+                    raise ShoalError(f"{pool}/{name}: the read was cut short after {fed} bytes")
+                return await c.get_to(pool, name, counted, offset=offset, length=length)
+
+            return await self._on_replicas(pool, name, once)
         head = await self._head(pool, name)
         assert head is not None
         info = _striped_info(info, head)
