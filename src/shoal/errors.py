@@ -70,4 +70,6 @@ class Superseded(ShoalError):
 
 class Unavailable(ShoalError):
     """The cluster cannot serve this now (too few replicas up, a replica unreachable, a copy
-    still recovering): nothing was changed; retry, or try another replica."""
+    still recovering): retry, or try another replica. A write refused before it started
+    changed nothing; one that reached some of its replicas but not all is not acknowledged and
+    may still be made by recovery (like a write that timed out): retrying it is safe."""
