@@ -314,7 +314,7 @@ async def all_daemons_at(c: ClusterClient, new: int, old: int | None = None) -> 
             async def probe(a: Any = a) -> BaseException | None:
                 try:
                     await a.stat("any-pool", "any-name")
-                except (StaleMap, NotFound) as refused:
+                except (StaleMap, NotFound, Unavailable) as refused:  # (not yet at `new`)
                     return refused
                 return None
 
