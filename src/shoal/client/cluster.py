@@ -492,7 +492,13 @@ class ClusterClient:
         async def every() -> None:
             pages.clear()
             ids = [i for i, d in self.map.daemons.items() if d.up and d.in_]
-            await asyncio.gather(*(all_of(i) for i in ids))
+            got = await asyncio.gather(*(all_of(i) for i in ids), return_exceptions=True)
+            # A daemon catching up is left out: the others of its objects' sets list them.
+            failed = [x for x in got if isinstance(x, BaseException)]
+            if failed and (len(failed) == len(ids) or any(
+                not isinstance(x, Unavailable) for x in failed
+            )):  # fmt: skip
+                raise failed[0]
 
         await self._retrying(pool, every)
         seen: set[str] = set()

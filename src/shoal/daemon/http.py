@@ -49,8 +49,14 @@ def parse_range(value: str, size: int) -> tuple[int, int] | None:
     return first, last
 
 
-def make_app(store: Any, run: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[None]]:
-    """The ASGI app over `store` (an ObjectStore), running engine calls with `run`."""
+def make_app(
+    store: Any,
+    run: Callable[..., Awaitable[Any]],
+    current: Callable[[str, str], None] | None = None,
+) -> Callable[..., Awaitable[None]]:
+    """The ASGI app over `store` (an ObjectStore), running engine calls with `run`. In a
+    cluster, `current(namespace, name)` raises Unavailable for a copy this daemon may not
+    serve (it is catching up, or the object is not its): 503, read another copy."""
 
     async def respond(
         send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
@@ -70,6 +76,12 @@ def make_app(store: Any, run: Callable[..., Awaitable[Any]]) -> Callable[..., Aw
         ns, _, name = path.lstrip("/").partition("/")
         if not ns or not name:
             await respond(send, 400, [], b"GET /<namespace>/<name>\n")
+            return
+        try:
+            if current is not None:
+                current(ns, name)
+        except ShoalError as exc:
+            await respond(send, 503, [(b"retry-after", b"1")], f"{exc}\n".encode())
             return
         try:
             rec: Record = await run(store.stat, name, namespace=ns)

@@ -149,7 +149,7 @@ async def _start_http(daemon: Daemon, address: str):  # type: ignore[no-untyped-
     host, port = split_address(address)
     sock = socket.create_server((host, port), reuse_port=False, backlog=1024)
     config = uvicorn.Config(
-        make_app(daemon.store, daemon.run),
+        make_app(daemon.store, daemon.run, lambda ns, name: _current(daemon, ns, name)),
         http="httptools",
         lifespan="off",
         log_level="warning",
@@ -161,6 +161,11 @@ async def _start_http(daemon: Daemon, address: str):  # type: ignore[no-untyped-
     await server.startup(sockets=[sock])
     name = sock.getsockname()
     return server, (name[0], name[1])
+
+
+def _current(daemon: Daemon, namespace: str, name: str) -> None:
+    if daemon.replication is not None:
+        daemon.replication.require_current(namespace, name)
 
 
 def run_service(main: Coroutine[Any, Any, None]) -> int:

@@ -46,7 +46,7 @@ class Membership:
         # scrub, a recovery pass) go to `on_reply`. `on_map` hears of every new epoch.
         self.figures: Callable[[], dict[str, Any]] | None = None
         self.on_reply: Callable[[dict[str, Any]], None] | None = None
-        self.on_map: Callable[[], None] | None = None
+        self.on_map: Callable[[ClusterMap, bool], None] | None = None  # (map, one epoch on)
 
     @property
     def epoch(self) -> int:
@@ -116,23 +116,31 @@ class Membership:
     async def _follow(self, conn: Connection) -> None:
         while True:
             async with asyncio.timeout(POLL_WAIT + 10):
-                reply, _ = await conn.request(Op.MAP, {"since": self.epoch, "wait": POLL_WAIT})
+                reply, _ = await conn.request(
+                    Op.MAP, {"since": self.epoch, "wait": POLL_WAIT, "steps": True}
+                )
             self._take(reply)
 
     def _take(self, reply: dict[str, Any]) -> None:
         if "map" in reply:
             self._set(ClusterMap.from_dict(reply["map"]))
+        elif "diffs" in reply:  # every epoch, one by one
+            for raw in reply["diffs"]:
+                d = MapDiff.from_dict(raw)
+                if d.base != self.epoch:
+                    return
+                self._set(apply(self.map, d))
         elif "diff" in reply:
             d = MapDiff.from_dict(reply["diff"])
             if d.base == self.epoch:
                 self._set(apply(self.map, d))
 
     def _set(self, m: ClusterMap) -> None:
-        changed = m.epoch != self.map.epoch
+        changed, step = m.epoch != self.map.epoch, m.epoch == self.map.epoch + 1
         if changed:
             log.info("map epoch %d", m.epoch)
         self.map = m
         if changed and self.on_map is not None:
-            self.on_map()
+            self.on_map(m, step)
         self.map_changed.set()
         self.map_changed.clear()

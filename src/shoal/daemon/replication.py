@@ -41,10 +41,12 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from shoal.client.client import AsyncClient
 from shoal.cluster.auth import issue
 from shoal.cluster.map import ClusterMap, Pool
-from shoal.cluster.placement import Placer
+from shoal.cluster.placement import Placer, pg_of
 from shoal.daemon.membership import Membership
 from shoal.engine import Record
 from shoal.errors import (
@@ -148,6 +150,10 @@ class Replication:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._writing: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
+        self._failed: dict[tuple[str, str], int] = {}  # versions a failed write handed out
+        # PGs (per pool) held in every map since the last complete pass / since this one began
+        self._held: dict[str, set[int]] = {}
+        self._held_in_pass: dict[str, set[int]] | None = None
         self._throttle_at = 0.0
         self.passing = False
         self.counts: dict[str, Any] = {
@@ -165,7 +171,7 @@ class Replication:
         store.tombstones = True
         store.version_floor = lambda: cluster.epoch << 24
         cluster.figures = self.figures
-        cluster.on_map = self._wake.set
+        cluster.on_map = self._observe
         cluster.on_reply = self._on_reply
         self._tasks = [asyncio.ensure_future(self._recovery_loop()),
                        asyncio.ensure_future(self._scrub_loop())]  # fmt: skip
@@ -240,19 +246,50 @@ class Replication:
             )
         return up[1:]
 
-    def require_current(self, namespace: str, name: str) -> None:
-        """Unavailable unless this daemon's copy of `namespace/name` is known current: it
-        has finished a recovery pass since it came up, and held the object's placement group
-        then as now."""
+    def require_up_to_date(self) -> None:
+        """Unavailable unless this daemon has finished a recovery pass since it came up."""
         m, me, clean = self.cluster.map, self.cluster.id, self.clean
         d = m.daemons.get(me if me is not None else -1)
         if clean is None or d is None or clean.epoch < d.up_from:
             raise Unavailable(f"daemon {me} is catching up after coming up: read another copy")
-        _, acting = self.acting(m, namespace, name)
+
+    def require_current(self, namespace: str, name: str) -> None:
+        """Unavailable unless this daemon's copy of `namespace/name` is known current: it
+        has finished a recovery pass since it came up, and has held the object's placement
+        group in every map since the map of its last complete pass (a group it lost and got
+        back meanwhile may have had writes it never saw)."""
+        self.require_up_to_date()
+        m, me = self.cluster.map, self.cluster.id
+        pool, acting = self.acting(m, namespace, name)
         if me not in acting:
             raise Unavailable(f"daemon {me} does not hold {namespace}/{name} at epoch {m.epoch}")
-        if clean is not m and me not in self.acting(clean, namespace, name)[1]:
+        if pg_of(pool, pool.name, name) not in self._held.get(pool.name, ()):
             raise Unavailable(f"daemon {me} is still fetching {namespace}/{name}'s group")
+
+    def holds(self, rec: Record) -> bool:
+        """This daemon is in the acting set of `rec` (a copy it lists as its own)."""
+        placed = self._acting_or_none(self.cluster.map, rec)
+        return placed is not None and self.cluster.id in placed[1]
+
+    # -- which placement groups this daemon has held, map after map -----------------------
+
+    def _mine(self, m: ClusterMap) -> dict[str, set[int]]:
+        """Per pool, the PGs whose acting set under `m` includes this daemon."""
+        me, out = self.cluster.id, {}
+        for name in m.pools:
+            table = self.placer(m).pool(name).table()
+            out[name] = {int(pg) for pg in np.nonzero((table == me).any(axis=1))[0]}
+        return out
+
+    def _observe(self, m: ClusterMap, step: bool) -> None:
+        """A new map (`step`: the next epoch, not a jump over some): what is held
+        continuously is what was held and still is; after a jump nothing is known."""
+        mine = self._mine(m) if step else {}
+        for attr in ("_held", "_held_in_pass"):
+            cur: dict[str, set[int]] | None = getattr(self, attr)
+            if cur is not None:
+                setattr(self, attr, {p: pgs & mine.get(p, set()) for p, pgs in cur.items()})
+        self._wake.set()
 
     @contextlib.asynccontextmanager
     async def writing(self, namespace: str, name: str) -> AsyncIterator[tuple[int, Record | None]]:
@@ -271,8 +308,9 @@ class Replication:
                 if cur is None:
                     cur = await self.daemon.run(store.head, name, namespace=namespace)
                 version = max((cur.version if cur is not None else 0) + 1,
-                              self.cluster.epoch << 24)  # fmt: skip
+                              self._failed.get(key, 0) + 1, self.cluster.epoch << 24)  # fmt: skip
                 yield version, (None if cur is None or cur.deleted else cur)
+                self._failed.pop(key, None)  # (committed here: the store's version is above)
         finally:
             entry[1][0] -= 1
             if not entry[1][0]:
@@ -316,9 +354,18 @@ class Replication:
                 return await self.peers.call(r, op, dict(meta), data)
 
         results = await asyncio.gather(*(one(r) for r in replicas), return_exceptions=True)
-        failed = [(r, x) for r, x in zip(replicas, results, strict=True)
-                  if isinstance(x, BaseException)]  # fmt: skip
+        failed: list[tuple[int, BaseException]] = []
+        newest = int(meta["version"])
+        for r, x in zip(replicas, results, strict=True):
+            if isinstance(x, BaseException):
+                failed.append((r, x))
+            elif x[0].get("superseded"):  # it has this version, or a newer one: not ours
+                newest = max(newest, int(x[0].get("version", 0)))
+                failed.append((r, Unavailable(f"it has version {x[0].get('version')}")))
         if failed:
+            # Some copies may hold this version now: it is never handed out again.
+            key = (str(meta["namespace"]), str(meta["name"]))
+            self._failed[key] = max(self._failed.get(key, 0), newest)
             why = "; ".join(f"daemon {r}: {type(x).__name__}: {x}" for r, x in failed)
             log.warning("%s not replicated: %s", what, why)
             raise Unavailable(
@@ -452,17 +499,20 @@ class Replication:
         """One pass at map `m`: fetch what this daemon lacks, then hand over what it should
         no longer hold. True if every peer answered and every fetch succeeded."""
         self.passing = True
+        self._held_in_pass = self._mine(m) if m is self.cluster.map else {}
         try:
             complete = await self._fetch_missing(m)
             if complete:
                 first = self.clean is None or self.clean.epoch != m.epoch
                 self.clean = m
+                self._held = self._held_in_pass or {}
                 if first and m.epoch == self.cluster.epoch:
                     log.info("current at epoch %d", m.epoch)
             await self._survey(m, hand_over=complete)
             return complete
         finally:
             self.passing = False
+            self._held_in_pass = None
 
     async def _fetch_missing(self, m: ClusterMap) -> bool:
         me, complete = self.cluster.id, True
@@ -478,6 +528,11 @@ class Replication:
                     log.info("recovery: daemon %d did not answer a scan: %s", p, exc)
                     complete = False
                     break
+                if reply.get("epoch") != m.epoch:  # it places by another map: ask again later
+                    log.info("recovery: daemon %d answered at epoch %s, not %d", p,
+                             reply.get("epoch"), m.epoch)  # fmt: skip
+                    complete = False
+                    break
                 for ns, name, version, deleted, size in reply["items"]:
                     got = want.get((ns, name))
                     if got is None or version > got[0]:
@@ -490,9 +545,7 @@ class Replication:
             out = []
             for (ns, name), (version, deleted, size, src) in want.items():
                 rec = self.store.head(name, namespace=ns)
-                if rec is None and deleted:
-                    continue  # a tombstone for what this daemon never had: nothing to undo
-                if rec is None or rec.version < version:
+                if rec is None or rec.version < version:  # (a tombstone too: it must stay)
                     out.append((ns, name, version, deleted, size, src))
             return out
 

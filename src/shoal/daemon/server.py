@@ -297,7 +297,11 @@ class Daemon:
             prefix, after = _str(meta, "prefix", ""), _str(meta, "start_after", "")
             limit = min(_int(meta, "limit", 1000), 10000)
             recs = await self.run(store.list, ns, prefix, start_after=after, limit=limit)
-            items = [record_meta(r) for r in recs]
+            shown = recs
+            if repl is not None and not meta.get("replica"):  # its own copies, once current
+                repl.require_up_to_date()
+                shown = [r for r in recs if repl.holds(r)]
+            items = [record_meta(r) for r in shown]
             return {"items": items, "next": recs[-1].name if len(recs) == limit else None}, None
         name = _str(meta, "name")
         if op == Op.STAT:
@@ -342,6 +346,7 @@ class Daemon:
             repl.require_current(ns, name)
             return record_meta(await self.run(store.stat, name, namespace=ns))
         replicas = repl.replicas_for_write(ns, name)
+        repl.require_current(ns, name)  # (a change made from a stale copy would spread)
         if op == Op.DELETE:
             async with repl.writing(ns, name) as (version, cur):
                 if cur is None:
@@ -354,7 +359,6 @@ class Daemon:
                     await self.run(store.remove, name, namespace=ns, version=version, zero=zero,
                                    discard=discard)  # fmt: skip
             return {"version": version}
-        repl.require_current(ns, name)  # (a change made to a stale copy would spread)
         add, remove = _refs(meta, "add"), _refs(meta, "remove")
         async with repl.writing(ns, name) as (version, cur):
             if cur is None:
@@ -469,8 +473,9 @@ class _Upload:
                 "the cluster client stripes larger ones"
             )
         self.replicas = repl.replicas_for_write(self.namespace, self.name)
-        if self.header.op == Op.WRITE_AT:
-            repl.require_current(self.namespace, self.name)  # (a patch to a stale copy spreads)
+        # A change made from a stale copy would spread (a patch to old bytes, a permanent
+        # object it does not know of, a version that some copy has already).
+        repl.require_current(self.namespace, self.name)
 
     def add(self, data: memoryview) -> None:
         if self.error is not None:
@@ -596,10 +601,9 @@ class _Upload:
                     rec = await self._commit(version, permanent, False, data, refs)
                 else:
                     rec = await self._commit(version, permanent, False)
-            except Superseded:  # a newer version came meanwhile (recovery): this one was first
-                rec = await self.conn.daemon.run(self.conn.daemon.store.stat, name, namespace=ns)
-            else:
-                await repl.check_copies(replicas, replies, rec, data)
+            except Superseded as exc:  # a newer version came meanwhile (recovery)
+                raise Unavailable(f"{ns}/{name} changed under this write: retry it") from exc
+            await repl.check_copies(replicas, replies, rec, data)
         key = rec.key
         return {"uuid": key.uuid.bytes, "hash": key.hash, "size": key.size, "version": rec.version}
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import socket
 import ssl
@@ -40,6 +41,7 @@ from shoal.proto.frames import (
     encode_error,
 )
 
+MAX_STEPS = 64  # a daemon behind by more gets the map whole
 log = logging.getLogger("shoal.master")
 
 PEER, CLIENT = "peer", "client"
@@ -194,6 +196,12 @@ class Master:
         m = self.map
         if m.epoch <= since:
             return {"epoch": m.epoch}
+        if meta.get("steps") and since >= 0 and m.epoch - since <= MAX_STEPS:
+            # (a daemon sees every epoch: whether it held a PG all along depends on each)
+            maps = [self.state.map_at(e) for e in range(since, m.epoch)] + [m]
+            if all(x is not None for x in maps):
+                steps = [diff(a, b).to_dict() for a, b in itertools.pairwise(maps)]  # type: ignore[arg-type]
+                return {"epoch": m.epoch, "diffs": steps}
         old = self.state.map_at(since) if since >= 0 else None
         if old is not None:
             return {"epoch": m.epoch, "diff": diff(old, m).to_dict()}
@@ -214,14 +222,18 @@ class Master:
             old.weight if old is not None else weight_for(capacity),
             True, True if old is None or back_in else old.in_,
             str(meta.get("peer_address", "")), str(meta.get("http_address", "")), capacity, used,
-            old.up_from if old is not None and old.up else m.epoch + 1,
+            m.epoch + 1,  # (every registration is a new start: a new epoch, see below)
         )  # fmt: skip
         self.last_seen[daemon_id] = time.monotonic()
         self.usage[daemon_id] = (capacity, used)
         self.auto_out.discard(daemon_id)
-        if _identity(old) != _identity(new):
-            what = "registered" if old is None else "up again" if not old.up else "changed"
-            await self.commit(m.with_daemon(new), f"daemon {daemon_id} ({address}) {what}")
+        # Always a new epoch, even for a daemon restarted before it was seen down: its copies
+        # are current again only from then (up_from), and versions it hands out from then on
+        # (at least epoch << 24) are above any it handed out before.
+        what = ("registered" if old is None else "up again" if not old.up
+                else "changed" if _identity(old) != _identity(new)
+                else "registered again")  # fmt: skip
+        await self.commit(m.with_daemon(new), f"daemon {daemon_id} ({address}) {what}")
         return {
             "id": daemon_id, "epoch": self.map.epoch, "map": self.map.to_dict(),
             "ticket_key": self.ticket_key, "heartbeat": self.heartbeat,
