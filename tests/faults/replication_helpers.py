@@ -12,6 +12,7 @@ stands for "deleted / never stored". Anything else is corruption or a lost write
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mmap
 import os
 import random
@@ -443,6 +444,17 @@ async def engine_objects(
             for i in range(head.count):
                 size = min(head.stripe, head.size - i * head.stripe)
                 out.append(EngineObject(stripe_namespace(pool), head.stripe_name(name, i), size))
+    return out
+
+
+async def existing_objects(
+    c: ClusterClient, names: Iterable[str], pool: str = POOL
+) -> list[EngineObject]:
+    """`engine_objects` of those of `names` that still exist (a load may delete some)."""
+    out: list[EngineObject] = []
+    for name in names:
+        with contextlib.suppress(NotFound):
+            out += await engine_objects(c, [name], pool)
     return out
 
 

@@ -38,7 +38,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -220,6 +220,20 @@ class Replication:
                               f"{self.cluster.id}")  # fmt: skip
         placement = self.placer(m).pool(pool)
         return placement.pool, placement.place(pool, name)
+
+    def _placed_rows(self, m: ClusterMap) -> Iterator[tuple[Record, Pool, tuple[int, ...]]]:
+        """(Thread.) Every row of this store, tombstones included, with its pool and acting
+        set under `m` (rows of pools `m` does not have are left out)."""
+        after = ("", "")
+        while True:
+            recs = self.store.page(after, SCAN_PAGE)
+            for r in recs:
+                placed = self._acting_or_none(m, r)
+                if placed is not None:
+                    yield r, *placed
+            if len(recs) < SCAN_PAGE:
+                return
+            after = (recs[-1].namespace, recs[-1].name)
 
     def _acting_or_none(self, m: ClusterMap, rec: Record) -> tuple[Pool, tuple[int, ...]] | None:
         if _pool_of(rec.namespace) not in m.pools:
@@ -619,24 +633,15 @@ class Replication:
         def walk() -> tuple[int, int, list[tuple[Record, tuple[int, ...]]]]:
             degraded = degraded_bytes = 0
             misplaced: list[tuple[Record, tuple[int, ...]]] = []
-            after = ("", "")
-            while True:
-                recs = self.store.page(after, SCAN_PAGE)
-                for r in recs:
-                    placed = self._acting_or_none(m, r)
-                    if placed is None:
-                        continue
-                    pool, acting = placed
-                    if me not in acting:
-                        misplaced.append((r, acting))
-                        continue
-                    up = [i for i in acting if m.daemons[i].up]
-                    if not r.deleted and up and up[0] == me and len(up) < pool.replicas:
-                        degraded += 1
-                        degraded_bytes += r.size
-                if len(recs) < SCAN_PAGE:
-                    return degraded, degraded_bytes, misplaced
-                after = (recs[-1].namespace, recs[-1].name)
+            for r, pool, acting in self._placed_rows(m):
+                if me not in acting:
+                    misplaced.append((r, acting))
+                    continue
+                up = [i for i in acting if m.daemons[i].up]
+                if not r.deleted and up and up[0] == me and len(up) < pool.replicas:
+                    degraded += 1
+                    degraded_bytes += r.size
+            return degraded, degraded_bytes, misplaced
 
         degraded, degraded_bytes, misplaced = await self.daemon.run(walk)
         self.counts["degraded_objects"], self.counts["degraded_bytes"] = degraded, degraded_bytes
@@ -678,20 +683,13 @@ class Replication:
         moves: dict[int, list[int]] = {}
 
         def walk() -> None:
-            after = ("", "")
-            while True:
-                recs = self.store.page(after, SCAN_PAGE)
-                for r in recs:
-                    placed = self._acting_or_none(m, r)
-                    if placed is None or r.deleted or me in placed[1]:
-                        continue
-                    for a in placed[1]:
-                        got = moves.setdefault(a, [0, 0])
-                        got[0] += 1
-                        got[1] += r.size
-                if len(recs) < SCAN_PAGE:
-                    return
-                after = (recs[-1].namespace, recs[-1].name)
+            for r, _, acting in self._placed_rows(m):
+                if r.deleted or me in acting:
+                    continue
+                for a in acting:
+                    got = moves.setdefault(a, [0, 0])
+                    got[0] += 1
+                    got[1] += r.size
 
         await self.daemon.run(walk)
         return {"epoch": m.epoch, "moves": {str(a): v for a, v in sorted(moves.items())}}
