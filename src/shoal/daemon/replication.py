@@ -155,7 +155,6 @@ class Replication:
         self._held: dict[str, set[int]] = {}
         self._held_in_pass: dict[str, set[int]] | None = None
         self._throttle_at = 0.0
-        self.passing = False
         self.counts: dict[str, Any] = {
             "degraded_objects": 0, "degraded_bytes": 0, "misplaced_objects": 0,
             "misplaced_bytes": 0, "recovered_objects": 0, "recovered_bytes": 0,
@@ -512,7 +511,6 @@ class Replication:
     async def recover(self, m: ClusterMap) -> bool:
         """One pass at map `m`: fetch what this daemon lacks, then hand over what it should
         no longer hold. True if every peer answered and every fetch succeeded."""
-        self.passing = True
         self._held_in_pass = self._mine(m) if m is self.cluster.map else {}
         try:
             complete = await self._fetch_missing(m)
@@ -525,7 +523,6 @@ class Replication:
             await self._survey(m, hand_over=complete)
             return complete
         finally:
-            self.passing = False
             self._held_in_pass = None
 
     async def _fetch_missing(self, m: ClusterMap) -> bool:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from shoal.cluster.auth import Ticket, verify
 from shoal.daemon.membership import Membership
+from shoal.daemon.replication import FORWARD_MAX
 from shoal.engine import ObjectStore, ObjectWriter, Record
 from shoal.errors import (
     Conflict,
@@ -71,7 +72,6 @@ log = logging.getLogger("shoal.daemon")
 SMALL = 1 << 20  # payloads up to this are gathered whole
 PIECE = 4 << 20  # larger ones go to the engine in pieces of this size
 MAX_WRITE_AT = 64 << 20  # a write-at-offset is gathered whole: bounded
-FORWARD_MAX = 64 << 20  # (shoal.daemon.replication's: a replicated object is sent whole)
 MAX_INFLIGHT = 256  # requests per connection before reading pauses
 POOL_BUFFERS = 8  # free streaming buffers kept (x PIECE bytes)
 BATCHED_PUT = 64 << 10  # PUTs up to this size are gathered into batches ...
