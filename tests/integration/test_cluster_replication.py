@@ -255,3 +255,30 @@ async def test_a_read_cut_short_is_not_started_again_into_the_same_sink(
             await c.get_to("p", "big", sink)
         assert len(got) < len(data) and bytes(got) == data[: len(got)], "a prefix, never more"
         assert await c.get("p", "big") == data  # the other copy, read whole
+
+
+@pytest.mark.asyncio
+async def test_reference_changes_reach_every_copy(master: MasterProcess, tmp_path: Path) -> None:
+    """Adding and removing references on the primary changes every copy; removing the last
+    one deletes the object everywhere."""
+    for i in range(3):
+        start_member(master, tmp_path / f"d{i}", f"h{i}")
+    async with master.client_for() as c:
+        await wait_registered(c, 3)
+        await pool3(c)
+        await c.put("p", "r", b"referenced")
+        ref = b"r" * 16
+        refs = await c._on_primary("p", "r", lambda d: d.add_refs("p", "r", [ref]))
+        assert refs == (ref,)
+        await settled(c)
+        for i in c.acting("p", "r"):
+            d = direct(c, c.map.daemons[i].address)
+            try:
+                info = await d.stat("p", "r")
+            finally:
+                await d.close()
+            assert info.refs == (ref,), i
+        assert await c._on_primary("p", "r", lambda d: d.remove_refs("p", "r", [ref])) == ()
+        with pytest.raises(NotFound):
+            await c.get("p", "r")
+        assert set((await copies(c, "p", "r")).values()) == {-1}

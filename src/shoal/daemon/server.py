@@ -39,6 +39,7 @@ from shoal.cluster.auth import Ticket, verify
 from shoal.daemon.membership import Membership
 from shoal.daemon.replication import FORWARD_MAX
 from shoal.engine import ObjectStore, ObjectWriter, Record
+from shoal.engine.objectstore import changed_refs
 from shoal.errors import (
     Conflict,
     Forbidden,
@@ -353,22 +354,15 @@ class Daemon:
                     raise NotFound(f"{ns}/{name} not found")
                 if cur.permanent:
                     raise Forbidden(f"{ns}/{name} is permanent: it cannot be deleted")
-                await repl.send_delete(replicas, ns, name, version, expiry(meta))
-                zero, discard = bool(meta.get("zero")), bool(meta.get("discard"))
-                with contextlib.suppress(Superseded):
-                    await self.run(store.remove, name, namespace=ns, version=version, zero=zero,
-                                   discard=discard)  # fmt: skip
+                await self._replicated_delete(repl, replicas, ns, name, version, meta)
             return {"version": version}
         add, remove = _refs(meta, "add"), _refs(meta, "remove")
         async with repl.writing(ns, name) as (version, cur):
             if cur is None:
                 raise NotFound(f"{ns}/{name} not found")
-            refs = [r for r in cur.refs if r not in remove]
-            refs += [r for r in dict.fromkeys(add) if r not in refs]
-            if cur.refs and not refs and remove and not cur.permanent:  # the last one: gone
-                await repl.send_delete(replicas, ns, name, version, expiry(meta))
-                with contextlib.suppress(Superseded):
-                    await self.run(store.remove, name, namespace=ns, version=version)
+            refs, gone = changed_refs(cur, add, remove)
+            if gone:  # the last one: the object goes
+                await self._replicated_delete(repl, replicas, ns, name, version, meta)
                 return {"refs": []}
             _, data = await repl.whole(ns, name)
             await repl.send_put(
@@ -378,6 +372,18 @@ class Daemon:
                 await self.run(_put_record, store, ns, name, data, refs, cur.permanent, version,
                                False)  # fmt: skip
         return {"refs": refs}
+
+    async def _replicated_delete(
+        self, repl: Replication, replicas: list[int], ns: str, name: str, version: int,
+        meta: dict[str, Any],
+    ) -> None:  # fmt: skip
+        """(On the primary, its turn to write held.) The delete to the other replicas, then
+        here; zeroing or discarding the blocks if the request asks."""
+        await repl.send_delete(replicas, ns, name, version, expiry(meta))
+        zero, discard = bool(meta.get("zero")), bool(meta.get("discard"))
+        with contextlib.suppress(Superseded):
+            await self.run(self.store.remove, name, namespace=ns, version=version, zero=zero,
+                           discard=discard)  # fmt: skip
 
 
 def expiry(meta: dict[str, Any]) -> float | None:

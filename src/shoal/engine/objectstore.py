@@ -263,13 +263,22 @@ class _Refs:
         if cur is None or cur.deleted:
             raise NotFound(f"{self.namespace}/{self.name} not found")
         version = _next_version(cur, self.floor)
-        refs = [r for r in cur.refs if r not in self.remove]
-        refs += [r for r in dict.fromkeys(self.add) if r not in refs]
-        if cur.refs and not refs and self.remove and not cur.permanent:
+        refs, gone = changed_refs(cur, self.add, self.remove)
+        if gone:
             rec = tombstone(self.namespace, self.name, version) if self.tombstone else None
             return Outcome(self.namespace, self.name, rec, list(cur.manifest.physical()), cur)
         new = cur.changed(refs=tuple(refs), version=version)
         return Outcome(self.namespace, self.name, new, [], cur)
+
+
+def changed_refs(
+    cur: Record, add: Sequence[bytes], remove: Sequence[bytes]
+) -> tuple[list[bytes], bool]:
+    """The object's reference list with `add` and `remove` applied, and whether that removed
+    the last one, which deletes the object (unless it is permanent)."""
+    refs = [r for r in cur.refs if r not in remove]
+    refs += [r for r in dict.fromkeys(add) if r not in refs]
+    return refs, bool(cur.refs and not refs and remove and not cur.permanent)
 
 
 def _check_refs(refs: Iterable[bytes]) -> tuple[bytes, ...]:
