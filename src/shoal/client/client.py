@@ -62,7 +62,7 @@ _CHANGES = frozenset({Op.PUT, Op.WRITE_AT, Op.DELETE, Op.REFS})
 
 
 def _key(meta: dict[str, Any]) -> ObjKey:
-    return ObjKey(uuidlib.UUID(bytes=meta["uuid"]), meta["hash"], meta["size"])
+    return ObjKey(uuidlib.UUID(bytes=meta["uuid"]), meta["hash"], meta["size"], meta.get("version"))
 
 
 class AsyncClient:
@@ -263,9 +263,12 @@ class AsyncClient:
         meta, _ = await self._call(Op.STAT, {"namespace": pool, "name": name}, idempotent=True)
         return ObjectInfo.from_meta(meta)
 
-    async def delete(self, pool: str, name: str, *, discard: bool = False) -> None:
+    async def delete(self, pool: str, name: str, *, discard: bool = False) -> int | None:
+        """Delete; the version of the deletion (a tombstone's, in a cluster), else None."""
         meta = {"namespace": pool, "name": name, "discard": discard}
-        await self._call(Op.DELETE, meta, idempotent=False)
+        reply, _ = await self._call(Op.DELETE, meta, idempotent=False)
+        version = reply.get("version")
+        return int(version) if version is not None else None
 
     async def list(
         self, pool: str, prefix: str = "", *, start_after: str = "", limit: int = 1000

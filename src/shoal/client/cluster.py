@@ -283,41 +283,51 @@ class ClusterClient:
         return await self._put_head(pool, name, head)
 
     async def put_stream(
-        self, pool: str, name: str, size: int, chunks: AsyncIterator[bytes | memoryview]
+        self, pool: str, name: str, size: int | None, chunks: AsyncIterator[bytes | memoryview]
     ) -> ObjKey:
-        """Store `size` bytes taken from `chunks`, a few stripes in memory at most."""
-        if size <= STRIPE:
-            buf = bytearray()
-            async for chunk in chunks:
+        """Store the bytes taken from `chunks`, a few stripes in memory at most: `size` of
+        them, or as many as come when `size` is None. If `chunks` raises, or gives another
+        count than `size`, nothing is stored (stripes already sent are deleted)."""
+        buf = bytearray()
+        it = aiter(chunks)
+        if size is None or size <= STRIPE:
+            async for chunk in it:
                 buf += chunk
-            if len(buf) != size:
-                raise ValueError(f"the source gave {len(buf)} of the announced {size} bytes")
-            return await self.put(pool, name, buf)
-        head = Head.new(size, b"")
+                if len(buf) > STRIPE and size is None:
+                    break  # too large for one object: on to stripes
+            else:
+                if size is not None and len(buf) != size:
+                    raise ValueError(f"the source gave {len(buf)} of the announced {size} bytes")
+                return await self.put(pool, name, buf)
+        head = Head.new(size or 0, b"")
         hasher = blake3.blake3()
         got = 0
 
         async def stripes() -> AsyncIterator[tuple[int, bytes]]:
-            nonlocal got
-            buf, i = bytearray(), 0
-            async for chunk in chunks:
-                buf += chunk
+            nonlocal got, buf
+            i = 0
+            while True:
                 while len(buf) >= STRIPE:
                     piece, buf = bytes(buf[:STRIPE]), buf[STRIPE:]
                     hasher.update(piece)
                     got += len(piece)
                     yield i, piece
                     i += 1
+                chunk = await anext(it, None)
+                if chunk is None:
+                    break
+                buf += chunk
             if buf:
                 hasher.update(buf)
                 got += len(buf)
                 yield i, bytes(buf)
 
         await self._put_stripes(pool, name, head, stripes())
-        if got != size:
+        if size is not None and got != size:
             await self._drop_stripes(pool, name, head, -(-got // STRIPE))
             raise ValueError(f"the source gave {got} of the announced {size} bytes")
-        return await self._put_head(pool, name, replace(head, hash=hasher.digest()))
+        whole = replace(head, size=got, count=-(-got // STRIPE), hash=hasher.digest())
+        return await self._put_head(pool, name, whole)
 
     async def put_file(
         self, pool: str, name: str, f: BinaryIO, *, progress: Callable[[int], None] | None = None
@@ -372,7 +382,7 @@ class ClusterClient:
         )
         if old is not None and old.wid != head.wid:
             await self._drop_stripes(pool, name, old, old.count)
-        return ObjKey(key.uuid, head.hash, head.size)
+        return ObjKey(key.uuid, head.hash, head.size, key.version)
 
     async def _drop_stripes(self, pool: str, name: str, head: Head, count: int) -> None:
         """Delete stripes 0..count-1 of `head` (best effort: a leftover is garbage, not harm)."""
@@ -427,9 +437,18 @@ class ClusterClient:
         if offset < 0 or (length is not None and length < 0) or offset > head.size:
             raise InvalidArgument(f"offset {offset} is beyond the end of {pool}/{name}")
         n = head.size - offset if length is None else min(length, head.size - offset)
+        async for piece in self._stripe_pieces(pool, name, head, offset, n):
+            sink(piece)
+        return info
+
+    async def _stripe_pieces(
+        self, pool: str, name: str, head: Head, offset: int, n: int
+    ) -> AsyncIterator[memoryview]:
+        """Bytes [offset, offset + n) of a striped object, stripe by stripe in order, with up
+        to PARALLEL stripes fetched ahead. The whole object is checked against its BLAKE3 (at
+        the end: IntegrityError after the last piece)."""
         ns = stripe_namespace(pool)
-        whole = offset == 0 and n == head.size
-        hasher = blake3.blake3() if whole else None
+        hasher = blake3.blake3() if offset == 0 and n == head.size else None
 
         def fetch(i: int, start: int, count: int) -> asyncio.Task[bytes]:
             sname = head.stripe_name(name, i)
@@ -448,13 +467,22 @@ class ClusterClient:
                     raise IntegrityError(f"{pool}/{name}: stripe {i} is short")
                 if hasher is not None:
                     hasher.update(piece)
-                sink(memoryview(piece))
+                yield memoryview(piece)
         finally:
             for t in ahead:
                 t.cancel()
         if hasher is not None and hasher.digest() != head.hash:
             raise IntegrityError(f"{pool}/{name}: its stripes do not hash to its BLAKE3")
-        return info
+
+    async def open(self, pool: str, name: str) -> ObjectReader:
+        """An object to read in pieces (a gateway's GET): one round trip for an object of one
+        stripe, which it then holds (at most STRIPE bytes); a striped one's stripes are fetched
+        as the pieces are taken."""
+        info, raw = await self._on_replicas(pool, name, lambda c: c.get_with_info(pool, name))
+        if HEAD_REF not in info.refs:
+            return ObjectReader(self, pool, name, info, None, raw)
+        head = Head.decode(raw)
+        return ObjectReader(self, pool, name, _striped_info(info, head), head, b"")
 
     async def stat(self, pool: str, name: str) -> ObjectInfo:
         info = await self._on_replicas(pool, name, lambda c: c.stat(pool, name))
@@ -463,11 +491,13 @@ class ClusterClient:
         head = await self._head(pool, name)
         return info if head is None else _striped_info(info, head)
 
-    async def delete(self, pool: str, name: str) -> None:
+    async def delete(self, pool: str, name: str) -> int | None:
+        """Delete `name`; the version of the deletion (its tombstone's)."""
         head = await self._head(pool, name)
-        await self._on_primary(pool, name, lambda c: c.delete(pool, name))
+        version = await self._on_primary(pool, name, lambda c: c.delete(pool, name))
         if head is not None:
             await self._drop_stripes(pool, name, head, head.count)
+        return version
 
     async def write_at(self, pool: str, name: str, offset: int, data: bytes) -> ObjKey:
         """Write into an object that is not striped (block images are made of such)."""
@@ -521,10 +551,34 @@ def _slices(mv: memoryview, head: Head) -> AsyncIterator[tuple[int, memoryview]]
     return gen()
 
 
+class ObjectReader:
+    """What ClusterClient.open returns: the object's record (`info`, as its user sees it) and
+    `pieces(offset, length)`, its bytes in order."""
+
+    def __init__(
+        self, client: ClusterClient, pool: str, name: str, info: ObjectInfo, head: Head | None,
+        data: bytes,
+    ) -> None:  # fmt: skip
+        self.client, self.pool, self.name, self.info = client, pool, name, info
+        self.head, self.data = head, data
+
+    async def pieces(self, offset: int = 0, length: int | None = None) -> AsyncIterator[memoryview]:
+        size = self.info.size
+        if offset < 0 or offset > size or (length is not None and length < 0):
+            raise InvalidArgument(f"offset {offset} is beyond the end of {self.pool}/{self.name}")
+        n = size - offset if length is None else min(length, size - offset)
+        if self.head is None:
+            if n:
+                yield memoryview(self.data)[offset : offset + n]
+            return
+        async for piece in self.client._stripe_pieces(self.pool, self.name, self.head, offset, n):
+            yield piece
+
+
 def _striped_info(info: ObjectInfo, head: Head) -> ObjectInfo:
     """A striped object's record as its user sees it: its size and hash, not its head's."""
     refs = tuple(r for r in info.refs if r != HEAD_REF)
     return replace(info, size=head.size, hash=head.hash, refs=refs)
 
 
-__all__ = ["ClusterClient", "NoDaemon"]
+__all__ = ["ClusterClient", "NoDaemon", "ObjectReader"]

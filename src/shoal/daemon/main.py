@@ -23,6 +23,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from shoal.asgi import split_address, start_http, stop_http
 from shoal.daemon.http import make_app
 from shoal.daemon.membership import Membership
 from shoal.daemon.replication import Replication
@@ -53,13 +54,6 @@ class DaemonConfig:
     recovery_interval: float = 10.0
     recovery_rate: float = 200e6  # bytes/s
     scrub_interval: float = 86400.0
-
-
-def split_address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise InvalidArgument(f"an address is HOST:PORT, not {text!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def open_store(cfg: DaemonConfig) -> ObjectStore:
@@ -93,7 +87,10 @@ async def serve(cfg: DaemonConfig, ready: asyncio.Event | None = None) -> None:
             lines.append(f"{phost}:{pport} (peer)")
         http_addr = cfg.http or f"{host}:{want_port + 1 if want_port else 0}"
         if http_addr != "off":
-            http_server, (hhost, hport) = await _start_http(daemon, http_addr)
+            http_server, (hhost, hport) = await start_http(
+                make_app(daemon.store, daemon.run, lambda ns, n: _current(daemon, ns, n)),
+                http_addr,
+            )
             lines.append(f"{hhost}:{hport} (http)")
         print("shoal daemon listening on " + ", ".join(lines), flush=True)
         if cfg.master:
@@ -110,9 +107,8 @@ async def serve(cfg: DaemonConfig, ready: asyncio.Event | None = None) -> None:
         log.info("stopping")
     finally:
         if http_server is not None:
-            http_server.should_exit = True
             with contextlib.suppress(Exception):
-                await http_server.shutdown()
+                await stop_http(http_server)
         if daemon.replication is not None:
             await daemon.replication.close()
         if daemon.cluster is not None:
@@ -141,26 +137,6 @@ def _membership(cfg: DaemonConfig, store: ObjectStore, lines: list[str]) -> Memb
         }  # fmt: skip
 
     return Membership(split_address(cfg.master or ""), info, ctx)
-
-
-async def _start_http(daemon: Daemon, address: str):  # type: ignore[no-untyped-def]
-    import uvicorn
-
-    host, port = split_address(address)
-    sock = socket.create_server((host, port), reuse_port=False, backlog=1024)
-    config = uvicorn.Config(
-        make_app(daemon.store, daemon.run, lambda ns, name: _current(daemon, ns, name)),
-        http="httptools",
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-    )
-    config.load()
-    server = uvicorn.Server(config)
-    server.lifespan = config.lifespan_class(config)
-    await server.startup(sockets=[sock])
-    name = sock.getsockname()
-    return server, (name[0], name[1])
 
 
 def _current(daemon: Daemon, namespace: str, name: str) -> None:

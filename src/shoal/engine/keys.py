@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import uuid as uuidlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import blake3
 
@@ -14,6 +14,8 @@ class ObjKey:
     uuid: uuidlib.UUID
     hash: bytes | None  # BLAKE3 of the whole content; None after a write-at-offset
     size: int
+    # The version a cluster gave this write (None from a bare engine); not part of identity.
+    version: int | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         h = self.hash.hex() if self.hash is not None else "-"

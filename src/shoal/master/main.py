@@ -14,7 +14,8 @@ import os
 import signal
 from dataclasses import dataclass
 
-from shoal.daemon.main import run_service, split_address
+from shoal.asgi import split_address
+from shoal.daemon.main import run_service
 from shoal.errors import InvalidArgument
 from shoal.master.server import Master
 from shoal.master.state import MasterState
