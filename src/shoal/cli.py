@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from shoal import __version__
 from shoal.cli_cluster import add_cluster_options, add_commands
+from shoal.cli_gateway import add_commands as add_gateway_commands
 from shoal.engine import ObjectStore, ObjKey, Record, check
 from shoal.engine.objectstore import DEFAULT_NAMESPACE
 from shoal.errors import InvalidArgument, ShoalError
@@ -599,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
         v.set_defaults(func=cmd_daemon)
 
     add_commands(top, _nonneg)
+    add_gateway_commands(top)
 
     disk = top.add_parser("disk", help="operate one disk's engine directly")
     verbs = disk.add_subparsers(dest="verb", required=True, metavar="VERB")

@@ -317,7 +317,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from shoal.up import run
 
-    return run(args.data, args.daemons, args.size, args.base_port)
+    return run(args.data, args.daemons, args.size, args.base_port, args.http_port)
 
 
 def add_commands(top: Any, nonneg: Callable[[str], int]) -> None:
@@ -383,6 +383,8 @@ def add_commands(top: Any, nonneg: Callable[[str], int]) -> None:
     v.add_argument("--daemons", type=int, default=3)
     v.add_argument("--size", default="4G", help="each daemon's data file, when new")
     v.add_argument("--base-port", type=int, default=4140, help="0: any free ports")
+    v.add_argument("--http-port", type=int,
+                   help="the HTTP gateway's port (default 3000; -1: no gateway)")  # fmt: skip
     v.set_defaults(func=cmd_up)
 
     v = top.add_parser("scrub", help="verify every copy and compare replicas now")

@@ -1,8 +1,10 @@
 """`shoal up`: a whole local cluster for a new user, in one command.
 
-    shoal up [--data shoal-data] [--daemons 3] [--size 4G] [--base-port 4140]
+    shoal up [--data shoal-data] [--daemons 3] [--size 4G] [--base-port 4140] [--http-port 3000]
 
-starts a master and N daemons (one folder each under --data), with TLS on: a CA and the
+starts a master, N daemons (one folder each under --data) and the HTTP gateway (minikeyvalue's
+API over the pool `default` on 127.0.0.1:3000, its index in DATA/index.db, its request log
+in DATA/http.log), with TLS on between them: a CA and the
 certificates of every node are made on the first start (DATA/tls). On the first start the
 master makes an admin key, printed once, and `shoal up` writes DATA/client.json (mode 0600):
 the master's address, that key and the CA, which the `shoal` command reads from
@@ -13,7 +15,8 @@ next `shoal up`.
 
 Ports: the master listens on BASE (daemons) and BASE+1 (clients); daemon i on BASE+10+2i
 (native), BASE+11+2i (HTTP) and BASE+40+i (other daemons, mutual TLS: replication and
-recovery). --base-port 0 takes free ports (the config is rewritten at every start).
+recovery); the gateway on --http-port (3000; -1: none). --base-port 0 takes free ports,
+the gateway's too unless --http-port is given (the config is rewritten at every start).
 """
 
 from __future__ import annotations
@@ -33,14 +36,20 @@ from shoal.errors import InvalidArgument, ShoalError
 
 _LISTEN = re.compile(r"listening on (\S+) \(peer\), (\S+) \(client\)")
 _ADMIN = re.compile(r"admin key: (\S+) (\S+)")
+_HTTP = re.compile(r"shoal http listening on (\S+)")
 
 
 class LocalCluster:
-    def __init__(self, data: Path, daemons: int, size: str, base_port: int) -> None:
+    def __init__(
+        self, data: Path, daemons: int, size: str, base_port: int, http_port: int | None = None
+    ) -> None:
         if daemons < 1:
             raise InvalidArgument("a cluster needs at least one daemon")
         self.data, self.n, self.size, self.base = data, daemons, size, base_port
+        self.http_port = (3000 if base_port else 0) if http_port is None else http_port
         self.master: subprocess.Popen[bytes] | None = None
+        self.http: subprocess.Popen[bytes] | None = None
+        self.http_address = ""
         self.daemons: list[DaemonProcess] = []
         self.tls = data / "tls"
 
@@ -135,7 +144,38 @@ class LocalCluster:
         status: dict[str, Any] = _run_async(go())
         return status
 
+    def start_http(self) -> str:
+        """The HTTP gateway over the pool `default` (once the cluster is ready); its address."""
+        cmd = [
+            sys.executable, "-m", "shoal.cli", "http", "--port", str(self.http_port),
+            "--config", str(self.data / CONFIG_NAME),
+            "--index", f"sqlite:///{(self.data / 'index.db').resolve()}",
+            "--log", str(self.data / "http.log"),
+        ]  # fmt: skip
+        err = open(self.data / "http.err", "ab")  # noqa: SIM115
+        self.http = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+        err.close()
+        text = read_until(
+            self.http, lambda out: bool(_HTTP.search(out.decode(errors="replace"))), 30.0
+        ).decode(errors="replace")
+        m = _HTTP.search(text)
+        if m is None:
+            tail = (self.data / "http.err").read_text(errors="replace")[-3000:]
+            raise ShoalError(f"the HTTP gateway did not start:\n{text}{tail}")
+        self.http_address = m.group(1)
+        return self.http_address
+
     def stop(self) -> None:
+        if self.http is not None:
+            if self.http.poll() is None:
+                self.http.send_signal(signal.SIGTERM)
+            try:
+                self.http.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.http.kill()
+                self.http.wait()
+            if self.http.stdout is not None:
+                self.http.stdout.close()
         for d in self.daemons:
             if d.proc.poll() is None:
                 d.proc.send_signal(signal.SIGTERM)
@@ -155,11 +195,13 @@ class LocalCluster:
         out = [f"daemon{i}" for i, d in enumerate(self.daemons) if d.proc.poll() is not None]
         if self.master is not None and self.master.poll() is not None:
             out.append("master")
+        if self.http is not None and self.http.poll() is not None:
+            out.append("the HTTP gateway")
         return out
 
 
-def run(data: str, daemons: int, size: str, base_port: int) -> int:
-    cluster = LocalCluster(Path(data), daemons, size, base_port)
+def run(data: str, daemons: int, size: str, base_port: int, http_port: int | None = None) -> int:
+    cluster = LocalCluster(Path(data), daemons, size, base_port, http_port)
     stop = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -171,9 +213,13 @@ def run(data: str, daemons: int, size: str, base_port: int) -> int:
     try:
         cfg = cluster.start()
         s = cluster.wait_ready(cfg)
+        http = cluster.start_http() if cluster.http_port >= 0 else ""
         print(f"shoal is up: master {cfg.master} (TLS), {s['up']} of {s['daemons']} daemons up, "
               f"pools: {', '.join(p['name'] for p in s['pools'])}")  # fmt: skip
         print(f"  data and logs in {data}/; client config {data}/{CONFIG_NAME}")
+        if http:
+            print(f"  HTTP gateway (minikeyvalue API) on http://{http}/, pool default")
+            print(f"  try:  curl -d bar -X PUT http://{http}/foo && curl -L http://{http}/foo")
         print("  try:  shoal write hello --data-literal 'hello world' && shoal read hello")
         print("        shoal status")
         print("Ctrl-C stops it (everything is kept for the next `shoal up`).", flush=True)

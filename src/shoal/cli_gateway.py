@@ -1,0 +1,144 @@
+"""The gateway side of the `shoal` command: `shoal http` (minikeyvalue's API over a pool)
+and `shoal index` (the name index behind its listings)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from shoal.cli_cluster import DEFAULT_DATA, _need_config, add_cluster_options
+from shoal.errors import InvalidArgument
+
+DEFAULT_INDEX = os.path.join(DEFAULT_DATA, "index.db")
+INDEX_HELP = (
+    "the name index: sqlite:///PATH (or a path), redis://HOST:PORT[/DB], "
+    f"postgresql://USER@HOST:PORT/DB (default: ./{DEFAULT_INDEX})"
+)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from shoal.client.cluster import ClusterClient
+
+    cfg = _need_config(args)
+    return ClusterClient(cfg.master, cfg.access_key, cfg.secret, ca=cfg.ca)
+
+
+async def _pool_exists(client: Any, pool: str) -> None:
+    await client.connect()
+    if pool not in client.map.pools:
+        await client.refresh()
+    if pool not in client.map.pools:
+        raise InvalidArgument(f"there is no pool {pool!r} (`shoal pool create {pool}` makes it)")
+
+
+def cmd_http(args: argparse.Namespace) -> int:
+    from shoal.asgi import start_http, stop_http
+    from shoal.daemon.main import run_service
+    from shoal.gateway.http import HttpGateway, RequestLog
+    from shoal.index import open_index
+
+    index = open_index(args.index)  # (a bad URL is refused before anything starts)
+    client = _client(args)
+    request_log = None if args.log == "off" else RequestLog(args.log)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        server = None
+        try:
+            await index.open()
+            await _pool_exists(client, args.pool)
+            app = HttpGateway(
+                client, index, args.pool, redirect=args.redirect, request_log=request_log
+            )
+            server, (host, port) = await start_http(app, f"{args.host}:{args.port}")
+            mode = "redirect" if args.redirect else "proxy"
+            print(f"shoal http listening on {host}:{port} (pool {args.pool}, index "
+                  f"{index.url}, GET by {mode})", flush=True)  # fmt: skip
+            await stop.wait()
+        finally:
+            if server is not None:
+                await stop_http(server)
+            await client.close()
+            await index.close()
+            if request_log is not None:
+                request_log.close()
+
+    return run_service(serve())
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from shoal.cli import _run_async
+    from shoal.index import Entry, open_index
+
+    index = open_index(args.index)
+    client = _client(args)
+
+    async def go() -> int:
+        try:
+            await index.open()
+            await index.ping()
+            if args.action == "drop":
+                await index.drop(args.pool)
+                print(f"{index.url}: pool {args.pool} forgotten")
+                return 0
+            await _pool_exists(client, args.pool)
+            started, seen = time.time(), 0
+            last = time.monotonic()
+
+            async def items() -> AsyncIterator[tuple[str, Entry]]:
+                nonlocal seen, last
+                async for info in client.list(args.pool):
+                    seen += 1
+                    if time.monotonic() - last > 2.0:
+                        last = time.monotonic()
+                        print(f"  {seen} keys ...", file=sys.stderr, flush=True)
+                    yield info.name, Entry(info.size, info.hash, info.version, info.mtime)
+
+            written, removed = await index.rebuild(args.pool, items(), started)
+            print(f"{index.url}: pool {args.pool}: {written} keys from the daemons, "
+                  f"{removed} stale rows removed")  # fmt: skip
+            return 0
+        finally:
+            await client.close()
+            await index.close()
+
+    rc: int = _run_async(go())
+    return rc
+
+
+def add_commands(top: Any) -> None:
+    v = top.add_parser("http", help="serve minikeyvalue's HTTP API over a pool (port 3000)")
+    v.add_argument("--port", type=int, default=3000)
+    v.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    v.add_argument("--pool", default="default", help="the pool whose objects it serves")
+    v.add_argument("--index", default=DEFAULT_INDEX, help=INDEX_HELP)
+    v.add_argument(
+        "--redirect", action="store_true",
+        help="answer a GET of an object stored whole with a 302 to a daemon's read endpoint "
+        "(minikeyvalue's way) instead of proxying the bytes",
+    )  # fmt: skip
+    v.add_argument(
+        "--log", default="-",
+        help="the request log, one JSON line per request: a file, - (stderr) or off",
+    )  # fmt: skip
+    add_cluster_options(v)
+    v.set_defaults(func=cmd_http)
+
+    v = top.add_parser("index", help="the name index behind the gateways' listings")
+    v.add_argument(
+        "action", choices=["rebuild", "drop"],
+        help="rebuild: from every daemon's key store; drop: forget the pool's entries",
+    )  # fmt: skip
+    v.add_argument("--pool", default="default")
+    v.add_argument("--index", default=DEFAULT_INDEX, help=INDEX_HELP)
+    add_cluster_options(v)
+    v.set_defaults(func=cmd_index)

@@ -1,0 +1,396 @@
+"""The HTTP gateway: minikeyvalue's API over one pool of the cluster.
+
+    PUT /KEY            store the body (201); Content-MD5 checked when given; chunked or sized
+    GET|HEAD /KEY       the bytes (proxied; or, with redirect on, 302 to a daemon's endpoint)
+    DELETE /KEY         204, or 404
+    GET /PREFIX?list    {"next": "", "keys": ["/KEY", ...]}, `start` and `limit` for paging
+
+A key is the URL path without its first slash, any UTF-8 (percent-encoded on the wire),
+slashes included; it is the object's name in the pool. Listing reads the name index
+(shoal.index); the bytes never do. Data is written first and the index second, so a crash
+between leaves an object the index does not list (`shoal index rebuild` finds it), never a
+listed key without data; a delete hides the key in the index first, deletes the object, then
+records the deletion at the object's version, so that a slower PUT of an older version, from
+this gateway or another, cannot bring the key back.
+
+As in minikeyvalue, a PUT or DELETE of a key that this gateway is already changing is refused
+with 409 (retry), a PUT without a length (neither Content-Length nor chunked) with 411.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator
+from email.utils import formatdate
+from typing import IO, Any
+from urllib.parse import parse_qsl, quote, unquote_to_bytes
+
+from shoal.asgi import Receive, Scope, Send
+from shoal.client.cluster import ClusterClient, NoDaemon
+from shoal.client.stripes import HEAD_REF
+from shoal.errors import (
+    Forbidden,
+    InvalidArgument,
+    NoSpace,
+    NotFound,
+    ShoalError,
+    Unavailable,
+)
+from shoal.index import MAX_KEY, Entry, Index, IndexUnavailable
+from shoal.proto.http import parse_range
+
+log = logging.getLogger("shoal.http")
+
+LIST_MAX = 1_000_000  # keys in one listing without `limit` (minikeyvalue's bound too)
+LIST_PAGE = 1000
+OCTETS = b"application/octet-stream"
+
+
+class ClientGone(ShoalError):
+    """The client closed the connection before the whole body came."""
+
+
+class BadDigest(InvalidArgument):
+    """The body does not match its Content-MD5."""
+
+
+class RequestLog:
+    """One JSON line per request: time, method, key, status, bytes (of the body, in or out),
+    seconds, remote address. To stderr, or appended to a file."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+        self.stream: IO[str] = (
+            sys.stderr if path in (None, "-") else open(path, "a", buffering=1)  # noqa: SIM115
+        )
+
+    def write(
+        self, method: str, key: str, status: int, nbytes: int, seconds: float, remote: str
+    ) -> None:
+        line = json.dumps(
+            {"time": round(time.time(), 3), "method": method, "key": key, "status": status,
+             "bytes": nbytes, "seconds": round(seconds, 6), "remote": remote},
+            ensure_ascii=False,
+        )  # fmt: skip
+        with contextlib.suppress(OSError, ValueError):  # (a full disk must not stop serving)
+            self.stream.write(line + "\n")
+
+    def close(self) -> None:
+        if self.stream is not sys.stderr:
+            self.stream.close()
+
+
+class _Exchange:
+    """One request's reply: wraps `send`, remembering the status and counting body bytes."""
+
+    __slots__ = ("nbytes", "send", "started", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send, self.status, self.nbytes, self.started = send, 0, 0, False
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status, self.started = status, True
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def body(self, data: bytes | memoryview, more: bool = False) -> None:
+        self.nbytes += len(data)
+        await self.send({"type": "http.response.body", "body": data, "more_body": more})
+
+    async def whole(
+        self, status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        hdrs = [*(headers or []), (b"content-length", str(len(body)).encode())]
+        if body:
+            hdrs.append((b"content-type", b"text/plain; charset=utf-8"))
+        await self.start(status, hdrs)
+        await self.body(body)
+
+
+def _status_of(exc: BaseException) -> int:
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, InvalidArgument | ValueError):
+        return 400
+    if isinstance(exc, Forbidden):
+        return 403
+    if isinstance(exc, NoSpace):
+        return 507
+    if isinstance(exc, Unavailable | NoDaemon | IndexUnavailable | TimeoutError | ConnectionError):
+        return 503
+    return 500
+
+
+class HttpGateway:
+    """The ASGI application. `client` reaches the cluster, `index` lists the keys of `pool`."""
+
+    def __init__(
+        self,
+        client: ClusterClient,
+        index: Index,
+        pool: str,
+        *,
+        redirect: bool = False,
+        request_log: RequestLog | None = None,
+    ) -> None:
+        self.client, self.index, self.pool = client, index, pool
+        self.redirect, self.log = redirect, request_log
+        self._busy: set[str] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        t0 = time.perf_counter()
+        x = _Exchange(send)
+        method, key = scope["method"], ""
+        try:
+            raw = scope.get("raw_path") or scope["path"].encode()
+            path = raw.split(b"?", 1)[0]
+            try:
+                key = unquote_to_bytes(path).decode()[1:]
+            except UnicodeDecodeError:
+                raise InvalidArgument("a key is UTF-8 (percent-encoded in the URL)") from None
+            if len(key.encode()) > MAX_KEY:
+                raise InvalidArgument(f"a key is at most {MAX_KEY} bytes of UTF-8")
+            query = scope.get("query_string", b"")
+            if query:
+                await self._query(x, method, key, query.decode("latin-1"))
+            elif not key:
+                raise InvalidArgument("which key? PUT|GET|HEAD|DELETE /KEY, or GET /PREFIX?list")
+            elif method in ("GET", "HEAD"):
+                await self._get(x, scope, key, method == "HEAD")
+            elif method == "PUT":
+                await self._put(x, scope, receive, key)
+            elif method == "DELETE":
+                await self._delete(x, key)
+            else:
+                await x.whole(
+                    405, b"GET, HEAD, PUT, DELETE\n", [(b"allow", b"GET, HEAD, PUT, DELETE")]
+                )
+        except ClientGone:
+            x.status = x.status or 400  # nobody to answer
+        except Exception as exc:
+            status = _status_of(exc)
+            if status == 500:
+                log.exception("%s /%s", method, key)
+            if x.started:
+                raise  # the reply is under way: the server cuts the connection
+            headers = [(b"retry-after", b"1")] if status == 503 else []
+            await x.whole(status, f"{exc or type(exc).__name__}\n".encode(), headers)
+        finally:
+            if self.log is not None:
+                client = scope.get("client")
+                remote = f"{client[0]}:{client[1]}" if client else ""
+                self.log.write(method, key, x.status, x.nbytes, time.perf_counter() - t0, remote)
+
+    # -- listing ------------------------------------------------------------------------------
+
+    async def _query(self, x: _Exchange, method: str, prefix: str, query: str) -> None:
+        op = query.split("&", 1)[0].split("=", 1)[0]
+        if op != "list":
+            raise InvalidArgument(f"unknown query {op!r}: the one there is is ?list")
+        if method != "GET":
+            raise InvalidArgument("?list is a GET")
+        params = dict(parse_qsl(query, keep_blank_values=True))
+        start = params.get("start", "")
+        start = start[1:] if start.startswith("/") else start
+        try:
+            limit = int(params.get("limit") or 0)
+        except ValueError:
+            raise InvalidArgument("limit is a number") from None
+        if limit < 0:
+            raise InvalidArgument("limit is a number >= 0 (0: no limit)")
+        want = limit or LIST_MAX
+        keys: list[str] = []
+        after = start
+        while len(keys) <= want:  # (one more than wanted: the next page's first)
+            n = min(LIST_PAGE, want + 1 - len(keys))
+            page = await self.index.list(self.pool, prefix, after, n)
+            keys.extend(k for k, _ in page)
+            if len(page) < n:
+                break
+            after = page[-1][0] + "\x00"  # the key right after it, bytewise
+        nxt = "/" + keys[want] if len(keys) > want else ""
+        keys = ["/" + k for k in keys[:want]]
+        if nxt and not limit:
+            await x.whole(413, f"more than {LIST_MAX} keys: give a limit\n".encode())
+            return
+        body = json.dumps({"next": nxt, "keys": keys}, ensure_ascii=False).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await x.start(200, headers)
+        await x.body(body)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def _get(self, x: _Exchange, scope: Scope, key: str, head_only: bool) -> None:
+        if self.redirect and await self._redirected(x, key):
+            return
+        if head_only:
+            info, reader = await self.client.stat(self.pool, key), None
+        else:
+            reader = await self.client.open(self.pool, key)
+            info = reader.info
+        headers = [
+            (b"accept-ranges", b"bytes"),
+            (b"last-modified", formatdate(info.mtime, usegmt=True).encode()),
+            (b"content-type", OCTETS),
+        ]
+        if info.hash is not None:
+            headers.append((b"etag", b'"' + info.hash.hex().encode() + b'"'))
+        first, length, status = 0, info.size, 200
+        want = _header(scope, b"range")
+        if want is not None:
+            try:
+                rng = parse_range(want, info.size)
+            except InvalidArgument:
+                await x.whole(
+                    416,
+                    b"range not satisfiable\n",
+                    [(b"content-range", f"bytes */{info.size}".encode())],
+                )
+                return
+            if rng is not None:
+                first, length, status = rng[0], rng[1] - rng[0] + 1, 206
+                headers.append((b"content-range", f"bytes {rng[0]}-{rng[1]}/{info.size}".encode()))
+        headers.append((b"content-length", str(length).encode()))
+        if reader is None or length == 0:
+            await x.start(status, headers)
+            await x.body(b"")
+            return
+        pieces = reader.pieces(first, length)
+        piece = await anext(pieces)  # (a failure before the first byte still gets a status)
+        await x.start(status, headers)
+        while True:
+            nxt = await anext(pieces, None)
+            await x.body(piece, nxt is not None)
+            if nxt is None:
+                break
+            piece = nxt
+
+    async def _redirected(self, x: _Exchange, key: str) -> bool:
+        """302 to the read endpoint of a daemon holding `key`, if it is stored whole there."""
+        info = await self.client.stat(self.pool, key)
+        if HEAD_REF in info.refs:  # striped: only a client can join the stripes
+            return False
+        m = self.client.map
+        for d_id in self.client.acting(self.pool, key):
+            d = m.daemons[d_id]
+            if d.up and d.http_address:
+                url = f"http://{d.http_address}/{quote(self.pool, safe='')}/{quote(key)}"
+                await x.whole(302, b"", [(b"location", url.encode())])
+                return True
+        return False
+
+    # -- writes -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _changing(self, key: str) -> Any:
+        if key in self._busy:
+            raise _Busy(f"/{key} is being changed by another request: retry")
+        self._busy.add(key)
+        try:
+            yield
+        finally:
+            self._busy.discard(key)
+
+    async def _put(self, x: _Exchange, scope: Scope, receive: Receive, key: str) -> None:
+        length = _header(scope, b"content-length")
+        chunked = _header(scope, b"transfer-encoding") is not None
+        if length is None and not chunked:
+            await x.whole(411, b"a PUT needs Content-Length (or a chunked body)\n")
+            return
+        size = int(length) if length is not None and not chunked else None
+        md5_b64 = _header(scope, b"content-md5")
+        expected: bytes | None = None
+        if md5_b64 is not None:
+            try:
+                expected = base64.b64decode(md5_b64, validate=True)
+            except (binascii.Error, ValueError):
+                expected = b""
+            if len(expected) != 16:
+                raise InvalidArgument("Content-MD5 is the base64 of a 16-byte MD5")
+        try:
+            with self._changing(key):
+                stored = await self.client.put_stream(
+                    self.pool, key, size, _body(receive, size, expected)
+                )
+                version = stored.version or 0
+                entry = Entry(stored.size, stored.hash, version, time.time())
+                try:
+                    await self.index.put(self.pool, key, entry)
+                except IndexUnavailable as exc:
+                    raise IndexUnavailable(
+                        f"/{key} is stored, but not listed: {exc} (a retry of the PUT, or "
+                        "`shoal index rebuild`, lists it)"
+                    ) from None
+        except _Busy as exc:
+            await x.whole(409, f"{exc}\n".encode())
+            return
+        x.nbytes = stored.size
+        headers = [(b"content-length", b"0")]
+        if stored.hash is not None:
+            headers.append((b"etag", b'"' + stored.hash.hex().encode() + b'"'))
+        await x.start(201, headers)
+        await x.send({"type": "http.response.body", "body": b""})
+
+    async def _delete(self, x: _Exchange, key: str) -> None:
+        try:
+            with self._changing(key):
+                hidden = await self.index.hide(self.pool, key)
+                try:
+                    version = await self.client.delete(self.pool, key)
+                except NotFound:
+                    if hidden is None:
+                        raise
+                    version = hidden.version  # listed without data: no longer listed
+                if version is not None:
+                    try:
+                        await self.index.delete(self.pool, key, version)
+                    except IndexUnavailable as exc:  # (hidden already: not listed)
+                        log.warning("DELETE /%s: %s", key, exc)
+        except _Busy as exc:
+            await x.whole(409, f"{exc}\n".encode())
+            return
+        await x.whole(204)
+
+
+class _Busy(ShoalError):
+    pass
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return str(v.decode("latin-1"))
+    return None
+
+
+async def _body(receive: Receive, size: int | None, md5: bytes | None) -> AsyncIterator[bytes]:
+    """The request body as it comes; ClientGone if the client leaves before its end, BadDigest
+    (after the last piece) if it does not match `md5`."""
+    hasher = hashlib.md5() if md5 is not None else None
+    got = 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            want = f" of {size}" if size is not None else ""
+            raise ClientGone(f"the client went away after {got}{want} bytes")
+        piece = msg.get("body", b"")
+        if piece:
+            got += len(piece)
+            if hasher is not None:
+                hasher.update(piece)
+            yield piece
+        if not msg.get("more_body", False):
+            break
+    if hasher is not None and hasher.digest() != md5:
+        raise BadDigest("the body does not match its Content-MD5: nothing was stored")
