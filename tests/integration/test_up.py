@@ -114,7 +114,20 @@ def test_shoal_up_first_start_stop_and_restart(up: Up, tmp_path: Path) -> None:
     cfg = json.loads(config.read_text())
     assert (cfg["master"], cfg["access_key"], cfg["secret_key"]) == (m[1], key[1], key[2])
     assert (tmp_path / cfg["ca_cert"]).is_file()
-    assert len(up.children) == 4, "a master and three daemons"
+    assert len(up.children) == 5, "a master, three daemons and the HTTP gateway"
+
+    # the HTTP gateway, as the seed's curl commands use it
+    gw = re.search(r"HTTP gateway \(minikeyvalue API\) on http://(\S+)/", out)
+    assert gw, out
+    base = f"http://{gw[1]}"
+    curl = ["curl", "-sS", "-w", "%{http_code}"]
+    put = subprocess.run([*curl, "-d", "bar", "-X", "PUT", f"{base}/foo"], capture_output=True)
+    assert put.stdout == b"201", put
+    got = subprocess.run([*curl, "-L", f"{base}/foo"], capture_output=True)
+    assert got.stdout == b"bar200", got
+    listed = subprocess.run(["curl", "-sS", f"{base}/?list"], capture_output=True)
+    assert json.loads(listed.stdout) == {"next": "", "keys": ["/foo"]}
+    assert (data / "index.db").is_file() and '"key": "foo"' in (data / "http.log").read_text()
 
     # from that folder, with no flags at all
     run("write", "hello", "--data-literal", "hello world")
