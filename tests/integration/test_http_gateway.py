@@ -348,3 +348,28 @@ def test_an_unknown_index_url_is_refused(cluster: tuple[LocalCluster, Gateway]) 
                   cwd=lc.data, ok=False, timeout=20)  # fmt: skip
         assert p.returncode != 0, url
         assert b"not an index URL" in p.stderr and b"redis://" in p.stderr, p.stderr
+
+
+def test_redirect_mode_sends_reads_to_a_daemon(cluster: tuple[LocalCluster, Gateway]) -> None:
+    """--redirect: a GET of an object stored whole is a 302 to a daemon's read endpoint, as
+    minikeyvalue's; `curl -L` follows it. A striped object is proxied (only a client joins
+    its stripes)."""
+    lc, default_gw = cluster
+    gw = start_gateway(lc, "default", default_gw.index, lc.data / "http-redirect.log", "--redirect")
+    try:
+        assert gw.put("redir/small", b"small value").status == 201
+        r = gw.get("redir/small")
+        assert r.status == 302 and r.body == b""
+        daemons = {d.http for d in lc.daemons}
+        location = r.headers["location"]
+        assert location.startswith("http://") and location.split("/")[2] in daemons, location
+        assert location.endswith("/default/redir/small")
+        assert gw.get("redir/small", "-L").body == b"small value"
+        assert gw.get("redir/small", "-L", "-r", "6-10").body == b"value"
+        big = os.urandom(BIG)
+        assert gw.put("redir/big", big).status == 201
+        whole = gw.get("redir/big")
+        assert (whole.status, whole.body) == (200, big)
+        assert gw.get("redir/none").status == 404
+    finally:
+        gw.stop()

@@ -491,6 +491,11 @@ class ClusterClient:
         head = await self._head(pool, name)
         return info if head is None else _striped_info(info, head)
 
+    async def stored_whole(self, pool: str, name: str) -> bool:
+        """Whether `name` is stored whole under its name (not striped); NotFound if missing."""
+        info = await self._on_replicas(pool, name, lambda c: c.stat(pool, name))
+        return HEAD_REF not in info.refs
+
     async def delete(self, pool: str, name: str) -> int | None:
         """Delete `name`; the version of the deletion (its tombstone's)."""
         head = await self._head(pool, name)

@@ -34,7 +34,6 @@ from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
 from shoal.asgi import Receive, Scope, Send
 from shoal.client.cluster import ClusterClient, NoDaemon
-from shoal.client.stripes import HEAD_REF
 from shoal.errors import (
     Forbidden,
     InvalidArgument,
@@ -278,9 +277,8 @@ class HttpGateway:
 
     async def _redirected(self, x: _Exchange, key: str) -> bool:
         """302 to the read endpoint of a daemon holding `key`, if it is stored whole there."""
-        info = await self.client.stat(self.pool, key)
-        if HEAD_REF in info.refs:  # striped: only a client can join the stripes
-            return False
+        if not await self.client.stored_whole(self.pool, key):
+            return False  # striped: only a client can join the stripes
         m = self.client.map
         for d_id in self.client.acting(self.pool, key):
             d = m.daemons[d_id]
