@@ -144,10 +144,11 @@ def cmd_pool(args: argparse.Namespace) -> int:
     if args.action == "create":
         out = _admin(args, "pool_create", name=args.name, replicas=args.replicas,
                      pg_num=args.pg_num, min_size=args.min_size,
-                     failure_domain=args.failure_domain)  # fmt: skip
+                     failure_domain=args.failure_domain, daemons=args.daemons)  # fmt: skip
         p = out["pool"]
         print(f"pool {p['name']} created: replicas {p['replicas']} (min {p['min_size']}), "
-              f"pg_num {p['pg_num']}, failure domain {p['failure_domain']}")  # fmt: skip
+              f"pg_num {p['pg_num']}, failure domain {p['failure_domain']}, "
+              f"daemons {_daemons(p)}")  # fmt: skip
     elif args.action == "rm":
         _admin(args, "pool_rm", name=args.name)
         print(f"pool {args.name} removed")
@@ -157,8 +158,22 @@ def cmd_pool(args: argparse.Namespace) -> int:
             print(json.dumps(pools, indent=2))
         for p in [] if args.json else pools:
             print(f"{p['name']:<24} replicas {p['replicas']} min {p['min_size']} "
-                  f"pg_num {p['pg_num']} {p['failure_domain']}")  # fmt: skip
+                  f"pg_num {p['pg_num']} {p['failure_domain']} daemons {_daemons(p)}")  # fmt: skip
     return 0
+
+
+def _daemons(pool: dict[str, Any]) -> str:
+    return ",".join(map(str, pool.get("daemons") or ())) or "all"
+
+
+def _id_list(text: str) -> list[int]:
+    try:
+        ids = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"daemon ids, as 0,1,2: not {text!r}") from None
+    if not ids or min(ids) < 0:
+        raise argparse.ArgumentTypeError(f"daemon ids, as 0,1,2: not {text!r}")
+    return ids
 
 
 def cmd_daemon_admin(args: argparse.Namespace) -> int:
@@ -358,6 +373,8 @@ def add_commands(top: Any, nonneg: Callable[[str], int]) -> None:
     v.add_argument("--min-size", type=int, help="default: a majority of the replicas")
     v.add_argument("--pg-num", type=nonneg, default=128)
     v.add_argument("--failure-domain", choices=["host", "daemon"], default="host")
+    v.add_argument("--daemons", type=_id_list, metavar="ID,ID,...",
+                   help="the daemons (disks) it may use (default: every one)")  # fmt: skip
     v.add_argument("--json", action="store_true")
     add_cluster_options(v)
     v.set_defaults(func=cmd_pool)

@@ -6,9 +6,11 @@ own)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
+import sqlite3
 import subprocess
 import threading
 import time
@@ -371,5 +373,39 @@ def test_redirect_mode_sends_reads_to_a_daemon(cluster: tuple[LocalCluster, Gate
         whole = gw.get("redir/big")
         assert (whole.status, whole.body) == (200, big)
         assert gw.get("redir/none").status == 404
+    finally:
+        gw.stop()
+
+
+def test_a_pool_on_chosen_disks(cluster: tuple[LocalCluster, Gateway]) -> None:
+    """The seed's "number of volumes" per pool: `shoal pool create --daemons` keeps a pool's
+    copies on the daemons (disks) named, and a gateway serves it as any other."""
+    lc, _ = cluster
+    b = Backend("chosen", lc, cluster[1], None)
+    daemons = json.loads(b.shoal("daemon", "ls", "--json").stdout)
+    chosen, other = daemons[:2], daemons[2:]
+    ids = ",".join(str(d["id"]) for d in chosen)
+    out = b.shoal("pool", "create", "two", "--replicas", "2", "--failure-domain", "daemon",
+                  "--daemons", ids, "--pg-num", "16").stdout.decode()  # fmt: skip
+    assert f"daemons {ids}" in out, out
+    assert f"daemons {ids}" in b.shoal("pool", "ls").stdout.decode()
+    bad = b.shoal("pool", "create", "nowhere", "--daemons", "99", ok=False)
+    assert bad.returncode != 0 and b"no daemon 99" in bad.stderr
+
+    gw = start_gateway(lc, "two", f"sqlite:///{lc.data / 'index-two.db'}", lc.data / "h2.log")
+    try:
+        for i in range(20):
+            assert gw.put(f"k{i}", f"v{i}".encode()).status == 201
+        assert len(gw.keys()) == 20
+        folder = {p.address: p.dir for p in lc.daemons}
+        for d in daemons:
+            keys = sqlite3.connect(f"file:{folder[d['address']] / 'keys.db'}?mode=ro", uri=True)
+            with contextlib.closing(keys):
+                (held,) = keys.execute("SELECT count(*) FROM objects WHERE namespace = 'two'")
+            # two replicas on the two daemons chosen: each holds every object, the other none
+            assert held[0] == (0 if d in other else 20), d
+            if d not in other:
+                got = [gw.curl(f"http://{d['http_address']}/two/k{i}").body for i in range(20)]
+                assert got == [f"v{i}".encode() for i in range(20)]
     finally:
         gw.stop()

@@ -463,3 +463,28 @@ def test_weight_sets_the_share() -> None:
     counts = Counter(int(x) for x in PoolPlacement(m, Pool(1, "p", 1, 1, 4096)).table()[:, 0])
     share = counts[0] / 4096
     assert 4 / 11 * 0.85 <= share <= 4 / 11 * 1.15, counts
+
+
+@SETTINGS
+@given(cluster_maps(min_daemons=2), pools(), st.data())
+def test_a_pool_on_chosen_daemons_places_only_there(
+    m: ClusterMap, pool: Pool, data: st.DataObject
+) -> None:
+    ids = sorted(m.daemons)
+    chosen = tuple(sorted(data.draw(st.sets(st.sampled_from(ids), min_size=1))))
+    only = replace(pool, daemons=chosen)
+    assert Pool.from_dict(only.to_dict()) == only
+    t = rows(PoolPlacement(m, only).table())
+    assert t == [reference_acting(m, only, pg) for pg in range(only.pg_num)]
+    assert all(set(r) <= set(chosen) for r in t)
+    usable = [d for d in eligible(m) if d.id in chosen]
+    if usable:  # as many replicas as the chosen daemons (and their domains) allow
+        want = min(
+            only.replicas,
+            len(usable) if only.failure_domain == "daemon" else len({d.host for d in usable}),
+        )
+        assert all(len(r) == want for r in t)
+    # the same pool on every daemon is the same rule as before
+    assert rows(PoolPlacement(m, pool).table()) == [
+        reference_acting(m, pool, pg) for pg in range(pool.pg_num)
+    ]

@@ -73,6 +73,7 @@ class Pool:
     min_size: int = 2  # writes are refused below this many up replicas
     pg_num: int = 128
     failure_domain: str = "host"
+    daemons: tuple[int, ...] = ()  # the daemons (disks) it may use; () for every one
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _POOL_NAME.fullmatch(self.name):
@@ -98,7 +99,7 @@ class Pool:
         return {
             "id": self.id, "name": self.name, "replicas": self.replicas,
             "min_size": self.min_size, "pg_num": self.pg_num,
-            "failure_domain": self.failure_domain,
+            "failure_domain": self.failure_domain, "daemons": list(self.daemons),
         }  # fmt: skip
 
     @classmethod
@@ -106,6 +107,7 @@ class Pool:
         return cls(
             int(d["id"]), str(d["name"]), int(d["replicas"]), int(d["min_size"]),
             int(d["pg_num"]), str(d["failure_domain"]),
+            tuple(sorted(int(x) for x in d.get("daemons", ()))),
         )  # fmt: skip
 
 
@@ -129,9 +131,15 @@ class ClusterMap:
         except KeyError:
             raise NotFound(f"no daemon {daemon_id}") from None
 
-    def candidates(self) -> list[DaemonInfo]:
-        """The daemons that hold data ("in"), by id: placement chooses among these."""
-        return [self.daemons[i] for i in sorted(self.daemons) if self.daemons[i].in_]
+    def candidates(self, pool: Pool | None = None) -> list[DaemonInfo]:
+        """The daemons that hold data ("in"), by id: placement chooses among these (those
+        of `pool`'s daemons, if it names some)."""
+        only = set(pool.daemons) if pool is not None and pool.daemons else None
+        return [
+            self.daemons[i]
+            for i in sorted(self.daemons)
+            if self.daemons[i].in_ and (only is None or i in only)
+        ]
 
     # -- changes: each returns the next map (epoch + 1) --------------------------------------
 

@@ -144,7 +144,7 @@ class PoolPlacement:
 
     def __init__(self, cmap: ClusterMap, pool: Pool) -> None:
         self.epoch, self.pool = cmap.epoch, pool
-        cands = [d for d in cmap.candidates() if d.weight > 0]
+        cands = [d for d in cmap.candidates(pool) if d.weight > 0]
         self.ids = np.array([d.id for d in cands], dtype=np.uint64)
         self.weights = np.array([d.weight for d in cands], dtype=np.int64)
         self._id_list = [d.id for d in cands]
@@ -213,7 +213,7 @@ class PoolPlacement:
 def reference_acting(cmap: ClusterMap, pool: Pool, pg: int) -> tuple[int, ...]:
     """The placement rule written plainly, one PG at a time (for tests)."""
     seed = pg_seed(pool.id, pg)
-    scored = [(score(seed, d.id, d.weight), d) for d in cmap.candidates() if d.weight > 0]
+    scored = [(score(seed, d.id, d.weight), d) for d in cmap.candidates(pool) if d.weight > 0]
     if pool.failure_domain == "daemon":
         scored.sort(key=lambda sd: (-sd[0], sd[1].id))
         return tuple(d.id for _, d in scored[: pool.replicas])

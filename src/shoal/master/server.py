@@ -282,10 +282,14 @@ class Master:
         if name in m.pools:
             raise InvalidArgument(f"pool {name!r} exists")
         replicas = int(a.get("replicas", 3))
+        daemons = tuple(sorted({int(x) for x in a.get("daemons") or ()}))
+        unknown = [i for i in daemons if i not in m.daemons]
+        if unknown:
+            raise InvalidArgument(f"no daemon {', '.join(map(str, unknown))} (`shoal daemon ls`)")
         pool = Pool(
             m.next_pool_id(), name, replicas,
             int(a.get("min_size") or max(1, replicas - replicas // 2)),
-            int(a.get("pg_num", 128)), str(a.get("failure_domain", "host")),
+            int(a.get("pg_num", 128)), str(a.get("failure_domain", "host")), daemons,
         )  # fmt: skip
         await self.commit(m.with_pool(pool), f"pool {name} created")
         return {"pool": pool.to_dict(), "epoch": self.map.epoch}
