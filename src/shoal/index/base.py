@@ -1,0 +1,187 @@
+"""The name index's contract: `Entry`, `Index` and the checks every backend shares.
+
+The index maps (namespace, key) to an `Entry`. It is derived data: the daemons hold the truth
+and `rebuild` makes the index again from them. Several gateways may share one index, so every
+write is ordered by the object's version (given by the storage cluster): a write applies only
+when its version is newer than the stored one, tombstones included, and each write is atomic
+per key across processes. Keys are ordered bytewise in UTF-8, the order S3 lists in.
+"""
+
+from __future__ import annotations
+
+import abc
+import builtins
+import time
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+from urllib.parse import urlsplit, urlunsplit
+
+from shoal.errors import InvalidArgument, ShoalError
+
+MAX_KEY = 1024  # bytes of UTF-8, as S3
+MAX_NAMESPACE = 255  # bytes of UTF-8; namespaces are pool names
+REBUILD_BATCH = 1000  # items written per round trip by rebuild
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What the index knows of one object (or of its deletion, when `deleted`)."""
+
+    size: int
+    hash: bytes | None  # BLAKE3 (32 bytes) or None
+    version: int
+    mtime: float  # unix seconds, when the gateway wrote it
+    meta: dict[str, str] = field(default_factory=dict)  # content-type, x-amz-meta-*
+    deleted: bool = False  # a tombstone
+
+
+def tombstone(version: int, mtime: float | None = None) -> Entry:
+    """A deletion at `version` (mtime now unless given)."""
+    return Entry(0, None, version, time.time() if mtime is None else mtime, {}, deleted=True)
+
+
+class IndexUnavailable(ShoalError):
+    """The index cannot be reached, or its server failed the request. A write may or may not
+    have been made; every write is ordered by version, so retrying one is safe."""
+
+
+class Index(abc.ABC):
+    """One namespace-keyed index. An object serves one event loop; its methods may run
+    concurrently as tasks of that loop."""
+
+    url: str  # as given, the password masked
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create the schema if missing. A server that is down is not an error:
+        every operation tries to connect again (and creates the schema when it first can)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raises IndexUnavailable when the index cannot be reached."""
+
+    @abc.abstractmethod
+    async def get(self, ns: str, key: str) -> Entry | None:
+        """The live entry, or None if there is none (or only a tombstone)."""
+
+    @abc.abstractmethod
+    async def put(self, ns: str, key: str, entry: Entry) -> bool:
+        """Store `entry` if it is newer than what is stored (live or tombstone) or nothing is.
+        Returns whether it applied."""
+
+    @abc.abstractmethod
+    async def hide(self, ns: str, key: str) -> Entry | None:
+        """Step one of a delete: the live entry becomes a tombstone at its own version (so a
+        newer put still wins). Returns the entry hidden, or None if there was none."""
+
+    @abc.abstractmethod
+    async def delete(self, ns: str, key: str, version: int) -> None:
+        """A tombstone at `version` (mtime now), if `version` is newer than what is stored."""
+
+    @abc.abstractmethod
+    async def list(
+        self, ns: str, prefix: str = "", start: str = "", limit: int = 1000
+    ) -> builtins.list[tuple[str, Entry]]:
+        """Live entries whose key starts with `prefix`, from `start` (inclusive) on, in
+        bytewise UTF-8 order, at most `limit`. Fewer than `limit` means there are no more."""
+
+    @abc.abstractmethod
+    async def rebuild(
+        self, ns: str, items: AsyncIterable[tuple[str, Entry]], started: float
+    ) -> tuple[int, int]:
+        """Put every item (newer wins), then remove every row of `ns` (live or tombstone)
+        whose key was not among the items and whose mtime is before `started` (rows written
+        since are concurrent writes of gateways). Returns (items whose version is the stored
+        one, rows removed)."""
+
+    @abc.abstractmethod
+    async def drop(self, ns: str) -> None:
+        """Forget the namespace entirely."""
+
+    @abc.abstractmethod
+    async def namespaces(self) -> builtins.list[str]:
+        """The namespaces with at least one row, sorted."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password (if any) replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def unavailable(url: str, cause: BaseException) -> IndexUnavailable:
+    reason = " ".join(str(cause).split()) or type(cause).__name__
+    return IndexUnavailable(f"index {url} is unavailable: {reason}")
+
+
+def check_ns(ns: str) -> None:
+    if not ns or "\x00" in ns or len(ns.encode()) > MAX_NAMESPACE:
+        raise InvalidArgument(
+            f"namespace {ns!r}: must be 1 to {MAX_NAMESPACE} bytes of UTF-8, without NUL"
+        )
+
+
+def encode_key(key: str) -> bytes:
+    """The key as stored: its UTF-8 bytes, at most MAX_KEY."""
+    try:
+        raw = key.encode()
+    except UnicodeEncodeError as e:
+        raise InvalidArgument(f"key {key!r} is not valid UTF-8: {e}") from None
+    if len(raw) > MAX_KEY:
+        raise InvalidArgument(f"key of {len(raw)} bytes: at most {MAX_KEY} bytes of UTF-8")
+    return raw
+
+
+def key_range(prefix: str, start: str, limit: int) -> tuple[bytes, bytes | None]:
+    """The bytes range [low, high) of keys a list covers (high None: no bound). Since 0xFF
+    never occurs in UTF-8, the keys starting with p are exactly those in [p, p + 0xFF)."""
+    if limit < 1:
+        raise InvalidArgument(f"list limit {limit}: must be at least 1")
+    p, s = encode_key(prefix), encode_key(start)
+    return max(p, s), (p + b"\xff" if p else None)
+
+
+def checked(entry: Entry) -> Entry:
+    if not 0 <= entry.version < 2**53:
+        raise InvalidArgument(f"version {entry.version}: must be in [0, 2**53)")
+    return entry
+
+
+async def batches(
+    items: AsyncIterable[tuple[str, Entry]], size: int = REBUILD_BATCH
+) -> AsyncIterator[list[tuple[bytes, Entry]]]:
+    """The items in lists of at most `size`, keys encoded and checked."""
+    batch: list[tuple[bytes, Entry]] = []
+    async for key, entry in items:
+        batch.append((encode_key(key), checked(entry)))
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def current(batch: list[tuple[bytes, Entry]], stored: dict[bytes, int]) -> int:
+    """How many items of a batch hold the stored version, once the batch is written."""
+    return sum(1 for key, entry in batch if stored.get(key) == entry.version)
