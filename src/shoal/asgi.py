@@ -32,8 +32,9 @@ async def start_http(app: App, address: str) -> tuple[Any, tuple[str, int]]:
     host, port = split_address(address)
     sock = socket.create_server((host, port), reuse_port=False, backlog=1024)
     config = uvicorn.Config(
-        app, http="httptools", lifespan="off", log_level="warning", access_log=False
-    )
+        app, http="httptools", lifespan="off", log_level="warning", access_log=False,
+        proxy_headers=False,  # (X-Forwarded-* are not ours to trust)
+    )  # fmt: skip
     config.load()
     server = uvicorn.Server(config)
     server.lifespan = config.lifespan_class(config)

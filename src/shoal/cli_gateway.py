@@ -42,8 +42,10 @@ def cmd_http(args: argparse.Namespace) -> int:
     from shoal.daemon.main import run_service
     from shoal.gateway.http import HttpGateway, RequestLog
     from shoal.index import open_index
+    from shoal.memory import keep_heap
 
     index = open_index(args.index)  # (a bad URL is refused before anything starts)
+    keep_heap()
     client = _client(args)
     request_log = None if args.log == "off" else RequestLog(args.log)
 

@@ -225,11 +225,11 @@ class AsyncClient:
 
     async def get_with_info(
         self, pool: str, name: str, *, offset: int = 0, length: int | None = None
-    ) -> tuple[ObjectInfo, bytes]:
-        """`get`, with the object's record."""
+    ) -> tuple[ObjectInfo, bytearray]:
+        """`get`, with the object's record (and the bytes as received: no copy)."""
         meta = {"namespace": pool, "name": name, "offset": offset, "length": length}
         reply, payload = await self._call(Op.GET, meta, idempotent=True)
-        return ObjectInfo.from_meta(reply), bytes(payload)
+        return ObjectInfo.from_meta(reply), payload
 
     async def get_to(
         self,

@@ -562,7 +562,7 @@ class ObjectReader:
 
     def __init__(
         self, client: ClusterClient, pool: str, name: str, info: ObjectInfo, head: Head | None,
-        data: bytes,
+        data: bytes | bytearray,
     ) -> None:  # fmt: skip
         self.client, self.pool, self.name, self.info = client, pool, name, info
         self.head, self.data = head, data

@@ -30,7 +30,7 @@ Sink = Callable[[memoryview], None]
 
 
 class _Pending:
-    __slots__ = ("buf", "future", "meta", "sink", "status")
+    __slots__ = ("buf", "fill", "future", "meta", "sink", "status")
 
     def __init__(self, future: asyncio.Future[tuple[dict[str, Any], bytearray]], sink: Sink | None):
         self.future = future
@@ -38,6 +38,7 @@ class _Pending:
         self.meta: dict[str, Any] = {}
         self.status = 0
         self.buf = bytearray()
+        self.fill = 0  # bytes of buf received (it is made to the payload's size at its start)
 
 
 class Connection(asyncio.Protocol):
@@ -98,8 +99,10 @@ class Connection(asyncio.Protocol):
                 if p is not None:
                     if p.sink is not None and p.status == Status.OK:
                         p.sink(ev.data)
-                    else:
-                        p.buf += ev.data
+                    else:  # (into place: no copy as the buffer grows)
+                        n = len(ev.data)
+                        p.buf[p.fill : p.fill + n] = ev.data
+                        p.fill += n
             elif isinstance(ev, FrameStart):
                 h = ev.header
                 if not h.response:
@@ -111,6 +114,8 @@ class Connection(asyncio.Protocol):
                 p = self.pending.get(h.request_id)
                 if p is not None:
                     p.meta, p.status = ev.meta, h.status
+                    if h.payload_len and (p.sink is None or h.status != Status.OK):
+                        p.buf = bytearray(h.payload_len)
             elif isinstance(ev, FrameEnd):
                 p = self.pending.pop(ev.request_id, None)
                 if p is None or p.future.done():

@@ -19,6 +19,7 @@ with 409 (retry), a PUT without a length (neither Content-Length nor chunked) wi
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -62,26 +63,42 @@ class BadDigest(InvalidArgument):
 
 class RequestLog:
     """One JSON line per request: time, method, key, status, bytes (of the body, in or out),
-    seconds, remote address. To stderr, or appended to a file."""
+    seconds, remote address. To stderr, or appended to a file. Lines are written out in
+    batches, at most FLUSH_AFTER seconds after they are made."""
+
+    FLUSH_AFTER = 0.2
 
     def __init__(self, path: str | None = None) -> None:
         self.path = path
         self.stream: IO[str] = (
-            sys.stderr if path in (None, "-") else open(path, "a", buffering=1)  # noqa: SIM115
+            sys.stderr if path in (None, "-") else open(path, "a")  # noqa: SIM115
         )
+        self._lines: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
 
     def write(
         self, method: str, key: str, status: int, nbytes: int, seconds: float, remote: str
     ) -> None:
-        line = json.dumps(
-            {"time": round(time.time(), 3), "method": method, "key": key, "status": status,
-             "bytes": nbytes, "seconds": round(seconds, 6), "remote": remote},
-            ensure_ascii=False,
-        )  # fmt: skip
+        self._lines.append(
+            f'{{"time": {time.time():.3f}, "method": "{method}", "key": '
+            f"{json.dumps(key, ensure_ascii=False)}, "
+            f'"status": {status}, "bytes": {nbytes}, "seconds": {seconds:.6f}, '
+            f'"remote": "{remote}"}}\n'
+        )
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.FLUSH_AFTER, self.flush)
+
+    def flush(self) -> None:
+        self._timer = None
+        lines, self._lines = self._lines, []
         with contextlib.suppress(OSError, ValueError):  # (a full disk must not stop serving)
-            self.stream.write(line + "\n")
+            self.stream.write("".join(lines))
+            self.stream.flush()
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.flush()
         if self.stream is not sys.stderr:
             self.stream.close()
 
@@ -240,7 +257,7 @@ class HttpGateway:
             info = reader.info
         headers = [
             (b"accept-ranges", b"bytes"),
-            (b"last-modified", formatdate(info.mtime, usegmt=True).encode()),
+            (b"last-modified", _http_date(info.mtime)),
             (b"content-type", OCTETS),
         ]
         if info.hash is not None:
@@ -363,6 +380,20 @@ class HttpGateway:
 
 class _Busy(ShoalError):
     pass
+
+
+_dates: dict[int, bytes] = {}
+
+
+def _http_date(t: float) -> bytes:
+    """An HTTP date (remembered: many objects share a second)."""
+    s = int(t)
+    d = _dates.get(s)
+    if d is None:
+        if len(_dates) > 4096:
+            _dates.clear()
+        d = _dates[s] = formatdate(s, usegmt=True).encode()
+    return d
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
