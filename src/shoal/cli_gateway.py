@@ -59,8 +59,9 @@ def cmd_http(args: argparse.Namespace) -> int:
             await index.open()
             await _pool_exists(client, args.pool)
             app = HttpGateway(
-                client, index, args.pool, redirect=args.redirect, request_log=request_log
-            )
+                client, index, args.pool, redirect=args.redirect, request_log=request_log,
+                idle_timeout=args.idle_timeout,
+            )  # fmt: skip
             server, (host, port) = await start_http(app, f"{args.host}:{args.port}")
             mode = "redirect" if args.redirect else "proxy"
             print(f"shoal http listening on {host}:{port} (pool {args.pool}, index "
@@ -127,6 +128,11 @@ def add_commands(top: Any) -> None:
         "--redirect", action="store_true",
         help="answer a GET of an object stored whole with a 302 to a daemon's read endpoint "
         "(minikeyvalue's way) instead of proxying the bytes",
+    )  # fmt: skip
+    v.add_argument(
+        "--idle-timeout", type=float, default=60.0, metavar="SECONDS",
+        help="a client that sends nothing of its body (408), or takes nothing of a reply, "
+        "for this long is cut off",
     )  # fmt: skip
     v.add_argument(
         "--log", default="-",

@@ -435,8 +435,12 @@ def test_cli_admin_and_objects(cluster: MasterProcess, tmp_path: Path) -> None:
 
     out = run("pool", "create", "clip", "--replicas", "1", "--pg-num", "16",
               "--failure-domain", "daemon")  # fmt: skip
-    assert out == "pool clip created: replicas 1 (min 1), pg_num 16, failure domain daemon\n"
-    assert "clip                     replicas 1 min 1 pg_num 16 daemon\n" in run("pool", "ls")
+    assert out == (
+        "pool clip created: replicas 1 (min 1), pg_num 16, failure domain daemon, daemons all\n"
+    )
+    assert "clip                     replicas 1 min 1 pg_num 16 daemon daemons all\n" in run(
+        "pool", "ls"
+    )
     pools = json.loads(run("pool", "ls", "--json"))
     clip = next(p for p in pools if p["name"] == "clip")
     assert (clip["replicas"], clip["min_size"], clip["pg_num"], clip["failure_domain"]) == (

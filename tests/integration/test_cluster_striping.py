@@ -3,6 +3,7 @@ parallel, under a head written last. Against a real master and four daemons."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -68,13 +69,17 @@ async def test_a_large_object_is_striped_over_the_daemons(cluster: MasterProcess
         assert part == body[STRIPE - 10 : 3 * STRIPE + 10]
         assert await c.get("p", "big", offset=len(body) - 5) == body[-5:]
 
-        # a rewrite replaces the stripes; the old ones are deleted after the new head
+        # a rewrite replaces the stripes; the old ones are deleted after the new head, once
+        # the client's grace (for readers elsewhere of the old head) is over
+        c.grace = 0.5
         old = await c._head("p", "big")
         smaller = data("smaller", 2 * STRIPE + 1)
         await c.put("p", "big", smaller)
         assert await c.get("p", "big") == smaller
         assert old is not None
         sname = old.stripe_name("big", 0)
+        await c._on_primary("p", sname, lambda d: d.stat(stripe_namespace("p"), sname))
+        await asyncio.sleep(1.0)
         with pytest.raises(NotFound):
             await c._on_primary("p", sname, lambda d: d.stat(stripe_namespace("p"), sname))
 

@@ -164,6 +164,50 @@ class IndexContract:
         await index.delete(NS, "k", 7)  # step two: the cluster's tombstone
         assert not await index.put(NS, "k", entry(6)) and await index.put(NS, "k", entry(8))
 
+    async def test_restore_undoes_a_hide_and_nothing_else(self, index: Index) -> None:
+        e5 = entry(5, size=7, content_type="a")
+        await index.put(NS, "k", e5)
+        hidden = await index.hide(NS, "k")
+        assert hidden == e5
+        assert await index.restore(NS, "k", hidden), "the delete failed: listed again"
+        assert await index.get(NS, "k") == e5 and await listed(index) == ["k"]
+        assert not await index.restore(NS, "k", e5), "it is live: nothing to undo"
+        await index.hide(NS, "k")
+        assert await index.put(NS, "k", entry(6))  # a newer write came meanwhile
+        assert not await index.restore(NS, "k", e5)
+        assert (await index.get(NS, "k") or entry(0)).version == 6
+        await index.hide(NS, "k")
+        await index.delete(NS, "k", 7)  # the delete went through
+        assert not await index.restore(NS, "k", entry(6))
+        assert await index.get(NS, "k") is None
+        assert not await index.restore(NS, "never", e5)
+
+    async def test_rebuild_lists_what_a_stopped_delete_hid(self, index: Index) -> None:
+        await index.put(NS, "stopped", entry(5))
+        await index.put(NS, "done", entry(5))
+        await index.hide(NS, "stopped")  # and then the gateway died: the object is still there
+        await index.hide(NS, "done")
+        await index.delete(NS, "done", 6)  # a finished delete: a newer tombstone
+        started = time.time() + 0.001
+
+        async def items() -> AsyncIterator[tuple[str, Entry]]:
+            for key in ("stopped", "done"):
+                yield key, entry(5)  # (a stale copy of "done" somewhere: still deleted)
+
+        await index.rebuild(NS, items(), started)
+        assert await listed(index) == ["stopped"]
+        # a tombstone at the same version made after the rebuild started is a delete under
+        # way: the rebuild leaves it alone
+        while time.time() <= started:
+            await asyncio.sleep(0.005)
+        await index.hide(NS, "stopped")
+
+        async def again() -> AsyncIterator[tuple[str, Entry]]:
+            yield "stopped", entry(5)
+
+        await index.rebuild(NS, again(), started)
+        assert await listed(index) == []
+
     async def test_a_delete_applies_only_when_newer(self, index: Index) -> None:
         await index.delete(NS, "ghost", 3)  # a tombstone where nothing was
         assert not await index.put(NS, "ghost", entry(2)) and await index.get(NS, "ghost") is None

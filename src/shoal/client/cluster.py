@@ -16,7 +16,8 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any, BinaryIO, TypeVar
 
@@ -53,6 +54,9 @@ Data = bytes | memoryview
 T = TypeVar("T")
 POLL_WAIT = 30.0
 ATTEMPTS = 5
+# seconds the stripes of a replaced or deleted object outlive it, for readers elsewhere (in
+# other processes) that had its head; readers in this process hold them as long as they read
+GRACE = 30.0
 
 
 class NoDaemon(ShoalError):
@@ -69,8 +73,10 @@ class ClusterClient:
         ca: str | None = None,
         timeout: float = 60.0,
         pool_size: int = 2,
+        grace: float = GRACE,
     ) -> None:
         self.master = parse_address(master)
+        self.grace = grace
         self.access_key, self.secret = access_key, secret
         self.ssl: ssl.SSLContext | None = client_context(ca) if ca else None
         self.timeout, self.pool_size = timeout, pool_size
@@ -83,6 +89,8 @@ class ClusterClient:
         self._follow: asyncio.Task[None] | None = None
         self._map_lock = asyncio.Lock()
         self._opening = asyncio.Lock()
+        self._reading: Counter[str] = Counter()  # a striped object's wid: readers here
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> ClusterClient:
         try:
@@ -101,6 +109,9 @@ class ClusterClient:
         self._follow = asyncio.ensure_future(self._follow_loop())
 
     async def close(self) -> None:
+        for t in list(self._retiring):  # stripes retired: deleted now (no reader here is left)
+            t.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         if self._follow is not None:
             self._follow.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -276,7 +287,11 @@ class ClusterClient:
 
     async def put(self, pool: str, name: str, data: bytes | bytearray | memoryview) -> ObjKey:
         if len(data) <= STRIPE:
-            return await self._on_primary(pool, name, lambda c: c.put(pool, name, data))
+            old = await self._head(pool, name, missing_ok=True)  # (a striped one replaced)
+            key = await self._on_primary(pool, name, lambda c: c.put(pool, name, data))
+            if old is not None:
+                self._retire(pool, name, old)
+            return key
         mv = memoryview(data).cast("B")
         head = Head.new(len(mv), digest(mv))
         await self._put_stripes(pool, name, head, _slices(mv, head))
@@ -381,8 +396,24 @@ class ClusterClient:
             pool, name, lambda c: c.put(pool, name, head.encode(), refs=[HEAD_REF])
         )
         if old is not None and old.wid != head.wid:
-            await self._drop_stripes(pool, name, old, old.count)
+            self._retire(pool, name, old)
         return ObjKey(key.uuid, head.hash, head.size, key.version)
+
+    def _retire(self, pool: str, name: str, head: Head) -> None:
+        """Delete the stripes of `head` (replaced or deleted) once no reader of this client
+        reads them and `grace` seconds have passed; at once when the client closes."""
+
+        async def later() -> None:
+            try:
+                await asyncio.sleep(self.grace)
+                while self._reading[head.wid]:
+                    await asyncio.sleep(0.5)
+            finally:
+                await self._drop_stripes(pool, name, head, head.count)
+
+        t = asyncio.ensure_future(later())
+        self._retiring.add(t)
+        t.add_done_callback(self._retiring.discard)
 
     async def _drop_stripes(self, pool: str, name: str, head: Head, count: int) -> None:
         """Delete stripes 0..count-1 of `head` (best effort: a leftover is garbage, not harm)."""
@@ -397,8 +428,12 @@ class ClusterClient:
         await asyncio.gather(*(one(i) for i in range(count)))
 
     async def _head(self, pool: str, name: str, missing_ok: bool = False) -> Head | None:
-        """The head of `name` if it is striped (None if it is not, or is missing_ok)."""
+        """The head of `name` if it is striped (None if it is not, or is missing_ok). Only a
+        head is read: another object is only looked at."""
         try:
+            info = await self._on_replicas(pool, name, lambda c: c.stat(pool, name))
+            if HEAD_REF not in info.refs:
+                return None
             info, raw = await self._on_replicas(pool, name, lambda c: c.get_with_info(pool, name))
         except NotFound:
             if missing_ok:
@@ -437,18 +472,20 @@ class ClusterClient:
         if offset < 0 or (length is not None and length < 0) or offset > head.size:
             raise InvalidArgument(f"offset {offset} is beyond the end of {pool}/{name}")
         n = head.size - offset if length is None else min(length, head.size - offset)
-        async for piece in self._stripe_pieces(pool, name, head, offset, n):
-            sink(piece)
+        async with contextlib.aclosing(self._stripe_pieces(pool, name, head, offset, n)) as it:
+            async for piece in it:
+                sink(piece)
         return info
 
     async def _stripe_pieces(
-        self, pool: str, name: str, head: Head, offset: int, n: int
-    ) -> AsyncIterator[memoryview]:
+        self, pool: str, name: str, head: Head, offset: int, n: int, ahead: int = PARALLEL
+    ) -> AsyncGenerator[memoryview, None]:
         """Bytes [offset, offset + n) of a striped object, stripe by stripe in order, with up
-        to PARALLEL stripes fetched ahead. The whole object is checked against its BLAKE3 (at
+        to `ahead` stripes fetched ahead. The whole object is checked against its BLAKE3 (at
         the end: IntegrityError after the last piece)."""
         ns = stripe_namespace(pool)
         hasher = blake3.blake3() if offset == 0 and n == head.size else None
+        self._reading[head.wid] += 1  # (its stripes are not deleted while it reads)
 
         def fetch(i: int, start: int, count: int) -> asyncio.Task[bytes]:
             sname = head.stripe_name(name, i)
@@ -457,20 +494,23 @@ class ClusterClient:
             ))  # fmt: skip
 
         parts = stripes_of(head, offset, n)
-        ahead: list[asyncio.Task[bytes]] = []
+        fetching: list[asyncio.Task[bytes]] = []
         try:
             for k, (i, _, count) in enumerate(parts):
-                while len(ahead) < PARALLEL and k + len(ahead) < len(parts):
-                    ahead.append(fetch(*parts[k + len(ahead)]))
-                piece = await ahead.pop(0)
+                while len(fetching) < ahead and k + len(fetching) < len(parts):
+                    fetching.append(fetch(*parts[k + len(fetching)]))
+                piece = await fetching.pop(0)
                 if len(piece) != count:
                     raise IntegrityError(f"{pool}/{name}: stripe {i} is short")
                 if hasher is not None:
                     hasher.update(piece)
                 yield memoryview(piece)
         finally:
-            for t in ahead:
+            for t in fetching:
                 t.cancel()
+            self._reading[head.wid] -= 1
+            if not self._reading[head.wid]:
+                del self._reading[head.wid]
         if hasher is not None and hasher.digest() != head.hash:
             raise IntegrityError(f"{pool}/{name}: its stripes do not hash to its BLAKE3")
 
@@ -501,7 +541,7 @@ class ClusterClient:
         head = await self._head(pool, name)
         version = await self._on_primary(pool, name, lambda c: c.delete(pool, name))
         if head is not None:
-            await self._drop_stripes(pool, name, head, head.count)
+            self._retire(pool, name, head)
         return version
 
     async def write_at(self, pool: str, name: str, offset: int, data: bytes) -> ObjKey:
@@ -567,7 +607,11 @@ class ObjectReader:
         self.client, self.pool, self.name, self.info = client, pool, name, info
         self.head, self.data = head, data
 
-    async def pieces(self, offset: int = 0, length: int | None = None) -> AsyncIterator[memoryview]:
+    async def pieces(
+        self, offset: int = 0, length: int | None = None, *, ahead: int = PARALLEL
+    ) -> AsyncGenerator[memoryview, None]:
+        """Bytes [offset, offset + length) in order; a striped object's stripes are fetched
+        up to `ahead` at a time (each is held in memory until it is taken)."""
         size = self.info.size
         if offset < 0 or offset > size or (length is not None and length < 0):
             raise InvalidArgument(f"offset {offset} is beyond the end of {self.pool}/{self.name}")
@@ -576,8 +620,10 @@ class ObjectReader:
             if n:
                 yield memoryview(self.data)[offset : offset + n]
             return
-        async for piece in self.client._stripe_pieces(self.pool, self.name, self.head, offset, n):
-            yield piece
+        stripes = self.client._stripe_pieces(self.pool, self.name, self.head, offset, n, ahead)
+        async with contextlib.aclosing(stripes):  # (closed with this: its fetches cancelled)
+            async for piece in stripes:
+                yield piece
 
 
 def _striped_info(info: ObjectInfo, head: Head) -> ObjectInfo:

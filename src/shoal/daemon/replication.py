@@ -49,6 +49,7 @@ from shoal.cluster.map import ClusterMap, Pool
 from shoal.cluster.placement import Placer, pg_of
 from shoal.daemon.membership import Membership
 from shoal.engine import Record
+from shoal.engine.keystore import check_name
 from shoal.errors import (
     IntegrityError,
     InvalidArgument,
@@ -243,7 +244,9 @@ class Replication:
 
     def replicas_for_write(self, namespace: str, name: str) -> list[int]:
         """The other up daemons a write of `namespace/name` goes to; Unavailable if this
-        daemon is not its primary, or fewer than min_size of its daemons are up."""
+        daemon is not its primary, or fewer than min_size of its daemons are up;
+        InvalidArgument for a name no copy would take (refused here, not by every replica)."""
+        check_name(namespace, name)
         m, me = self.cluster.map, self.cluster.id
         pool, acting = self.acting(m, namespace, name)
         up = [i for i in acting if m.daemons[i].up]

@@ -39,6 +39,7 @@ from shoal.errors import (
     Forbidden,
     InvalidArgument,
     NoSpace,
+    NotAuthenticated,
     NotFound,
     ShoalError,
     Unavailable,
@@ -50,6 +51,8 @@ log = logging.getLogger("shoal.http")
 
 LIST_MAX = 1_000_000  # keys in one listing without `limit` (minikeyvalue's bound too)
 LIST_PAGE = 1000
+READ_AHEAD = 2  # stripes of a large object fetched ahead of the client (memory per reader)
+IDLE_TIMEOUT = 60.0  # seconds a client may send nothing of its body (408), or take nothing
 OCTETS = b"application/octet-stream"
 
 
@@ -59,6 +62,16 @@ class ClientGone(ShoalError):
 
 class BadDigest(InvalidArgument):
     """The body does not match its Content-MD5."""
+
+
+class BodyTimeout(ShoalError):
+    """The client stopped sending its body (408)."""
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns once the client has gone (or the reply is complete)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 class RequestLog:
@@ -106,10 +119,11 @@ class RequestLog:
 class _Exchange:
     """One request's reply: wraps `send`, remembering the status and counting body bytes."""
 
-    __slots__ = ("nbytes", "send", "started", "status")
+    __slots__ = ("nbytes", "send", "started", "status", "unread")
 
     def __init__(self, send: Send) -> None:
         self.send, self.status, self.nbytes, self.started = send, 0, 0, False
+        self.unread = False  # a request body not (wholly) read: the connection cannot go on
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status, self.started = status, True
@@ -122,9 +136,13 @@ class _Exchange:
     async def whole(
         self, status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None
     ) -> None:
-        hdrs = [*(headers or []), (b"content-length", str(len(body)).encode())]
+        hdrs = list(headers or [])
+        if status != 204:
+            hdrs.append((b"content-length", str(len(body)).encode()))
         if body:
             hdrs.append((b"content-type", b"text/plain; charset=utf-8"))
+        if self.unread:  # (a client that sent Expect: 100-continue never sends the body)
+            hdrs.append((b"connection", b"close"))
         await self.start(status, hdrs)
         await self.body(body)
 
@@ -138,6 +156,8 @@ def _status_of(exc: BaseException) -> int:
         return 403
     if isinstance(exc, NoSpace):
         return 507
+    if isinstance(exc, BodyTimeout):
+        return 408
     if isinstance(exc, Unavailable | NoDaemon | IndexUnavailable | TimeoutError | ConnectionError):
         return 503
     return 500
@@ -154,9 +174,10 @@ class HttpGateway:
         *,
         redirect: bool = False,
         request_log: RequestLog | None = None,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.client, self.index, self.pool = client, index, pool
-        self.redirect, self.log = redirect, request_log
+        self.redirect, self.log, self.idle = redirect, request_log, idle_timeout
         self._busy: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -174,14 +195,17 @@ class HttpGateway:
                 raise InvalidArgument("a key is UTF-8 (percent-encoded in the URL)") from None
             if len(key.encode()) > MAX_KEY:
                 raise InvalidArgument(f"a key is at most {MAX_KEY} bytes of UTF-8")
+            if "\x00" in key:
+                raise InvalidArgument("a key cannot hold NUL (%00)")
             query = scope.get("query_string", b"")
             if query:
                 await self._query(x, method, key, query.decode("latin-1"))
             elif not key:
                 raise InvalidArgument("which key? PUT|GET|HEAD|DELETE /KEY, or GET /PREFIX?list")
             elif method in ("GET", "HEAD"):
-                await self._get(x, scope, key, method == "HEAD")
+                await self._get(x, scope, receive, key, method == "HEAD")
             elif method == "PUT":
+                x.unread = True
                 await self._put(x, scope, receive, key)
             elif method == "DELETE":
                 await self._delete(x, key)
@@ -190,7 +214,7 @@ class HttpGateway:
                     405, b"GET, HEAD, PUT, DELETE\n", [(b"allow", b"GET, HEAD, PUT, DELETE")]
                 )
         except ClientGone:
-            x.status = x.status or 400  # nobody to answer
+            x.status = 499  # (nginx's code for it) nobody to answer
         except Exception as exc:
             status = _status_of(exc)
             if status == 500:
@@ -247,7 +271,9 @@ class HttpGateway:
 
     # -- reads --------------------------------------------------------------------------------
 
-    async def _get(self, x: _Exchange, scope: Scope, key: str, head_only: bool) -> None:
+    async def _get(
+        self, x: _Exchange, scope: Scope, receive: Receive, key: str, head_only: bool
+    ) -> None:
         if self.redirect and await self._redirected(x, key):
             return
         if head_only:
@@ -282,15 +308,30 @@ class HttpGateway:
             await x.start(status, headers)
             await x.body(b"")
             return
-        pieces = reader.pieces(first, length)
-        piece = await anext(pieces)  # (a failure before the first byte still gets a status)
-        await x.start(status, headers)
-        while True:
+        pieces = reader.pieces(first, length, ahead=READ_AHEAD)
+        async with contextlib.aclosing(pieces):  # (its read-ahead stops with it)
+            piece = await anext(pieces)  # (a failure before the first byte still gets a status)
+            await x.start(status, headers)
             nxt = await anext(pieces, None)
-            await x.body(piece, nxt is not None)
             if nxt is None:
-                break
-            piece = nxt
+                await x.body(piece)
+                return
+            # more than one piece: watch for the client going, or the cluster would be read
+            # to its end for nobody (a send to a closed connection does not fail)
+            gone = asyncio.ensure_future(_disconnected(receive))
+            try:
+                while True:
+                    if gone.done():
+                        raise ClientGone("the client went away during the reply")
+                    async with asyncio.timeout(self.idle):
+                        await x.body(piece, nxt is not None)
+                    if nxt is None:
+                        break
+                    piece, nxt = nxt, await anext(pieces, None)
+            except TimeoutError:
+                raise ClientGone(f"the client took nothing for {self.idle} s") from None
+            finally:
+                gone.cancel()
 
     async def _redirected(self, x: _Exchange, key: str) -> bool:
         """302 to the read endpoint of a daemon holding `key`, if it is stored whole there."""
@@ -336,7 +377,7 @@ class HttpGateway:
         try:
             with self._changing(key):
                 stored = await self.client.put_stream(
-                    self.pool, key, size, _body(receive, size, expected)
+                    self.pool, key, size, _body(x, receive, size, expected, self.idle)
                 )
                 version = stored.version or 0
                 entry = Entry(stored.size, stored.hash, version, time.time())
@@ -367,6 +408,14 @@ class HttpGateway:
                     if hidden is None:
                         raise
                     version = hidden.version  # listed without data: no longer listed
+                except (Forbidden, InvalidArgument, NotAuthenticated, NoDaemon):
+                    # refused before anything changed: listed again. (After a failure that
+                    # may have deleted it on some daemons, recovery may finish the delete: it
+                    # stays unlisted, as a crash here leaves it, until a retry or a rebuild.)
+                    if hidden is not None:
+                        with contextlib.suppress(ShoalError):
+                            await self.index.restore(self.pool, key, hidden)
+                    raise
                 if version is not None:
                     try:
                         await self.index.delete(self.pool, key, version)
@@ -403,13 +452,22 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _body(receive: Receive, size: int | None, md5: bytes | None) -> AsyncIterator[bytes]:
-    """The request body as it comes; ClientGone if the client leaves before its end, BadDigest
-    (after the last piece) if it does not match `md5`."""
+async def _body(
+    x: _Exchange, receive: Receive, size: int | None, md5: bytes | None, idle: float
+) -> AsyncIterator[bytes]:
+    """The request body as it comes; ClientGone if the client leaves before its end,
+    BodyTimeout if it sends nothing for `idle` seconds, BadDigest (after the last piece) if
+    it does not match `md5`."""
     hasher = hashlib.md5() if md5 is not None else None
     got = 0
     while True:
-        msg = await receive()
+        try:
+            async with asyncio.timeout(idle):
+                msg = await receive()
+        except TimeoutError:
+            raise BodyTimeout(
+                f"no byte of the body for {idle} s (after {got}): nothing stored"
+            ) from None
         if msg["type"] == "http.disconnect":
             want = f" of {size}" if size is not None else ""
             raise ClientGone(f"the client went away after {got}{want} bytes")
@@ -421,5 +479,6 @@ async def _body(receive: Receive, size: int | None, md5: bytes | None) -> AsyncI
             yield piece
         if not msg.get("more_body", False):
             break
+    x.unread = False
     if hasher is not None and hasher.digest() != md5:
         raise BadDigest("the body does not match its Content-MD5: nothing was stored")

@@ -80,6 +80,11 @@ class Index(abc.ABC):
         newer put still wins). Returns the entry hidden, or None if there was none."""
 
     @abc.abstractmethod
+    async def restore(self, ns: str, key: str, entry: Entry) -> bool:
+        """Undo `hide` (the delete that hid `entry` failed): the entry is live again if the
+        key's row is still the tombstone `hide` left (at entry.version). Whether it was."""
+
+    @abc.abstractmethod
     async def delete(self, ns: str, key: str, version: int) -> None:
         """A tombstone at `version` (mtime now), if `version` is newer than what is stored."""
 
@@ -94,10 +99,12 @@ class Index(abc.ABC):
     async def rebuild(
         self, ns: str, items: AsyncIterable[tuple[str, Entry]], started: float
     ) -> tuple[int, int]:
-        """Put every item (newer wins), then remove every row of `ns` (live or tombstone)
-        whose key was not among the items and whose mtime is before `started` (rows written
-        since are concurrent writes of gateways). Returns (items whose version is the stored
-        one, rows removed)."""
+        """Put every item (newer wins; a live item also wins over a tombstone at its own
+        version made before `started`: a delete that hid the key and stopped there, since a
+        finished delete leaves a newer version), then remove every row of `ns` (live or
+        tombstone) whose key was not among the items and whose mtime is before `started` (rows
+        written since are concurrent writes of gateways). Returns (items whose version is the
+        stored one, rows removed)."""
 
     @abc.abstractmethod
     async def drop(self, ns: str) -> None:

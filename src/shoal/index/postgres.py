@@ -71,6 +71,21 @@ ON CONFLICT (ns, key) DO UPDATE SET version = excluded.version, deleted = exclud
 WHERE t.version < excluded.version
 """
 
+# a rebuild's: also over a tombstone at the same version made before it started (a delete
+# that hid the key and then failed or stopped: its object is still there)
+_REBUILD_UPSERT = (
+    _UPSERT.rstrip()
+    + """
+    OR (t.version = excluded.version AND t.deleted AND NOT excluded.deleted AND t.mtime < %s)
+"""
+)
+
+# a hidden entry back, if the tombstone is still the one hide() made
+_RESTORE = """
+UPDATE shoal_index SET deleted = false, size = %s, hash = %s, mtime = %s, meta = %s
+WHERE ns = %s AND key = %s AND version = %s AND deleted RETURNING 1
+"""
+
 _COLUMNS = "size, hash, version, mtime, meta, deleted"
 
 
@@ -183,6 +198,11 @@ class PostgresIndex(Index):
             )
         return _entry(row)
 
+    async def restore(self, ns: str, key: str, entry: Entry) -> bool:
+        check_ns(ns)
+        ns_, raw, version, _, size, hash_, mtime, meta = _row(ns, encode_key(key), checked(entry))
+        return bool(await self._fetch(_RESTORE, (size, hash_, mtime, meta, ns_, raw, version)))
+
     async def delete(self, ns: str, key: str, version: int) -> None:
         await self.put(ns, key, tombstone(version))
 
@@ -213,7 +233,9 @@ class PostgresIndex(Index):
                     keys = [k for k, _ in batch]
                     async with conn.transaction():
                         async with conn.cursor() as cursor:
-                            await cursor.executemany(_UPSERT, [_row(ns, k, e) for k, e in batch])
+                            await cursor.executemany(
+                                _REBUILD_UPSERT, [(*_row(ns, k, e), started) for k, e in batch]
+                            )
                         await conn.execute(
                             "INSERT INTO shoal_rebuild_seen SELECT unnest(%s::bytea[])"
                             " ON CONFLICT DO NOTHING",

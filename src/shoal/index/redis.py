@@ -19,6 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import redis.asyncio
@@ -90,15 +91,19 @@ end
 return out
 """
 
-# KEYS rows, live, namespaces, seen; ARGV ns, ttl of seen, then key, version, entry, deleted
-# for each item. Returns how many items hold the stored version afterwards.
+# KEYS rows, live, namespaces, seen; ARGV ns, ttl of seen, started, then key, version, entry,
+# deleted for each item. Returns how many items hold the stored version afterwards. A live
+# item also replaces a tombstone at its own version made before `started` (a delete that hid
+# the key and stopped there).
 _PUT_MANY = """
-local current = 0
-for i = 3, #ARGV, 4 do
+local current, started = 0, tonumber(ARGV[3])
+for i = 4, #ARGV, 4 do
     local key, v = ARGV[i], tonumber(ARGV[i + 1])
     local old = redis.call('HGET', KEYS[1], key)
-    local stored = old and tonumber(cjson.decode(old).v)
-    if not stored or stored < v then
+    local row = old and cjson.decode(old)
+    local stored = row and tonumber(row.v)
+    if not stored or stored < v or (stored == v and row.d and ARGV[i + 3] == '0'
+                                     and tonumber(row.m) < started) then
         redis.call('HSET', KEYS[1], key, ARGV[i + 2])
         if ARGV[i + 3] == '1' then
             redis.call('ZREM', KEYS[2], key)
@@ -113,6 +118,18 @@ end
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('EXPIRE', KEYS[4], tonumber(ARGV[2]))
 return current
+"""
+
+# KEYS rows, live; ARGV key, version, entry. The entry back if the key's row is still the
+# tombstone hide() left at that version.
+_RESTORE = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then return 0 end
+local row = cjson.decode(old)
+if not row.d or tonumber(row.v) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+return 1
 """
 
 # KEYS rows, live, namespaces, seen; ARGV ns, started, then keys. Removes the keys not seen
@@ -179,6 +196,7 @@ class RedisIndex(Index):
         self._list = self._client.register_script(_LIST)
         self._put_many = self._client.register_script(_PUT_MANY)
         self._sweep = self._client.register_script(_SWEEP)
+        self._restore = self._client.register_script(_RESTORE)
 
     @contextlib.contextmanager
     def _reaching(self) -> Iterator[None]:
@@ -224,6 +242,13 @@ class RedisIndex(Index):
             old = await self._hide(keys=_keys(ns), args=args)
         return None if old is None else _entry(old)
 
+    async def restore(self, ns: str, key: str, entry: Entry) -> bool:
+        check_ns(ns)
+        live = replace(checked(entry), deleted=False)
+        args: builtins.list[EncodableT] = [encode_key(key), live.version, _record(live)]
+        with self._reaching():
+            return bool(await self._restore(keys=_keys(ns), args=args))
+
     async def delete(self, ns: str, key: str, version: int) -> None:
         await self.put(ns, key, tombstone(version))
 
@@ -248,7 +273,7 @@ class RedisIndex(Index):
         written = removed = 0
         try:
             async for batch in batches(items):
-                args: builtins.list[EncodableT] = [ns, SEEN_TTL]
+                args: builtins.list[EncodableT] = [ns, SEEN_TTL, repr(float(started))]
                 for key, e in batch:
                     args += [key, e.version, _record(e), int(e.deleted)]
                 with self._reaching():

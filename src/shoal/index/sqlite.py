@@ -57,6 +57,22 @@ ON CONFLICT (ns, key) DO UPDATE SET version = excluded.version, deleted = exclud
 WHERE entries.version < excluded.version
 """
 
+# a rebuild's: also over a tombstone at the same version made before it started (a delete
+# that hid the key and then failed or stopped: its object is still there)
+_REBUILD_UPSERT = (
+    _UPSERT.rstrip()
+    + """
+    OR (entries.version = excluded.version AND entries.deleted = 1 AND excluded.deleted = 0
+        AND entries.mtime < ?)
+"""
+)
+
+# a hidden entry back, if the tombstone is still the one hide() made
+_RESTORE = """
+UPDATE entries SET deleted = 0, size = ?, hash = ?, mtime = ?, meta = ?
+WHERE ns = ? AND key = ? AND version = ? AND deleted = 1
+"""
+
 _COLUMNS = "size, hash, version, mtime, meta, deleted"
 
 _tables = itertools.count()
@@ -158,6 +174,12 @@ class SqliteIndex(Index):
 
         return await self._run(hide)
 
+    async def restore(self, ns: str, key: str, entry: Entry) -> bool:
+        check_ns(ns)
+        ns_, raw, version, _, size, hash_, mtime, meta = _row(ns, encode_key(key), checked(entry))
+        args = (size, hash_, mtime, meta, ns_, raw, version)
+        return await self._run(lambda db: db.execute(_RESTORE, args).rowcount == 1)
+
     async def delete(self, ns: str, key: str, version: int) -> None:
         check_ns(ns)
         values = _row(ns, encode_key(key), checked(tombstone(version)))
@@ -187,7 +209,7 @@ class SqliteIndex(Index):
         def write(db: sqlite3.Connection, batch: list[tuple[bytes, Entry]]) -> int:
             with _transaction(db):
                 db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {seen} (key BLOB PRIMARY KEY)")
-                db.executemany(_UPSERT, [_row(ns, k, e) for k, e in batch])
+                db.executemany(_REBUILD_UPSERT, [(*_row(ns, k, e), started) for k, e in batch])
                 db.executemany(
                     f"INSERT OR IGNORE INTO temp.{seen} VALUES (?)", [(k,) for k, _ in batch]
                 )

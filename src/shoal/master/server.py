@@ -286,6 +286,15 @@ class Master:
         unknown = [i for i in daemons if i not in m.daemons]
         if unknown:
             raise InvalidArgument(f"no daemon {', '.join(map(str, unknown))} (`shoal daemon ls`)")
+        domain = str(a.get("failure_domain", "host"))
+        if daemons:
+            hosts = {m.daemons[i].host for i in daemons} if domain == "host" else set(daemons)
+            if len(hosts) < replicas:
+                where = "hosts" if domain == "host" else "daemons"
+                raise InvalidArgument(
+                    f"{replicas} replicas need {replicas} {where} (the failure domain) among "
+                    f"the daemons given; {', '.join(map(str, daemons))} are on {len(hosts)}"
+                )
         pool = Pool(
             m.next_pool_id(), name, replicas,
             int(a.get("min_size") or max(1, replicas - replicas // 2)),

@@ -79,8 +79,12 @@ class MasterState:
             return new
 
     def forget_daemon(self, daemon_id: int) -> None:
+        """Forget the disk of a removed daemon, but not its id: an id is never given again
+        (a pool may name it: a new disk must not take its place there)."""
         with self.db:
-            self.db.execute("DELETE FROM daemon_ids WHERE id=?", (daemon_id,))
+            self.db.execute(
+                "UPDATE daemon_ids SET uuid = 'removed:' || id WHERE id=?", (daemon_id,)
+            )
 
     # -- keys --------------------------------------------------------------------------------
 
