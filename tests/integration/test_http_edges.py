@@ -13,6 +13,7 @@ import os
 import socket
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -243,6 +244,34 @@ def test_a_small_overwrite_of_a_striped_object_frees_its_stripes(
     finally:
         gw.stop()
     assert _live_stripes(lc, "rv/shrink") == 0
+
+
+def test_writers_racing_on_a_striped_key_leave_no_stripes(
+    cluster: tuple[LocalCluster, Gateway],
+) -> None:
+    """Two gateways overwriting one large key at once, then deleting it: every head replaced
+    is given back to the one writer that replaced it (the primary answers with it), so each
+    set of stripes is deleted once and none is left behind."""
+    lc, main = cluster
+    gws = [start_gateway(lc, "default", main.index, lc.data / f"http-race{i}.log") for i in (1, 2)]
+    try:
+        bodies = [os.urandom(2 * STRIPE + 7) for _ in range(2)]
+
+        def writer(i: int) -> None:
+            for _ in range(3):
+                assert gws[i].put("rv/race", bodies[i]).status == 201
+
+        threads = [threading.Thread(target=writer, args=(i,)) for i in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert gws[0].get("rv/race").body in bodies
+        assert gws[1].delete("rv/race").status == 204
+    finally:
+        for g in gws:
+            g.stop()  # (retired stripes go when a gateway stops, or after its grace)
+    assert _live_stripes(lc, "rv/race") == 0
 
 
 def test_an_uploader_that_stops_sending_gets_408_and_frees_the_key(

@@ -181,6 +181,17 @@ class AsyncClient:
         reply, _ = await self._call(Op.PUT, meta, data, idempotent=name is not None)
         return _key(reply)
 
+    async def put_over(
+        self, pool: str, name: str, data: bytes | bytearray | memoryview, *,
+        refs: Iterable[bytes] = (), over_ref: bytes,
+    ) -> tuple[ObjKey, bytes | None]:  # fmt: skip
+        """`put` in a cluster, and the bytes of the object it replaced if that one carried the
+        reference `over_ref` (and is small: a striped object's head)."""
+        meta = {"namespace": pool, "name": name, "refs": list(refs), "permanent": False,
+                "prev_if_ref": over_ref}  # fmt: skip
+        reply, _ = await self._call(Op.PUT, meta, data, idempotent=True)
+        return _key(reply), reply.get("prev")
+
     async def put_stream(
         self,
         pool: str,
@@ -265,10 +276,17 @@ class AsyncClient:
 
     async def delete(self, pool: str, name: str, *, discard: bool = False) -> int | None:
         """Delete; the version of the deletion (a tombstone's, in a cluster), else None."""
-        meta = {"namespace": pool, "name": name, "discard": discard}
+        return (await self.delete_over(pool, name, discard=discard))[0]
+
+    async def delete_over(
+        self, pool: str, name: str, *, discard: bool = False, over_ref: bytes | None = None
+    ) -> tuple[int | None, bytes | None]:
+        """`delete`, and (in a cluster) the bytes of the object deleted if it carried the
+        reference `over_ref` (and is small: a striped object's head)."""
+        meta = {"namespace": pool, "name": name, "discard": discard, "prev_if_ref": over_ref}
         reply, _ = await self._call(Op.DELETE, meta, idempotent=False)
         version = reply.get("version")
-        return int(version) if version is not None else None
+        return (int(version) if version is not None else None), reply.get("prev")
 
     async def list(
         self, pool: str, prefix: str = "", *, start_after: str = "", limit: int = 1000

@@ -287,10 +287,11 @@ class ClusterClient:
 
     async def put(self, pool: str, name: str, data: bytes | bytearray | memoryview) -> ObjKey:
         if len(data) <= STRIPE:
-            old = await self._head(pool, name, missing_ok=True)  # (a striped one replaced)
-            key = await self._on_primary(pool, name, lambda c: c.put(pool, name, data))
-            if old is not None:
-                self._retire(pool, name, old)
+            key, prev = await self._on_primary(
+                pool, name, lambda c: c.put_over(pool, name, data, over_ref=HEAD_REF)
+            )
+            if prev is not None:  # it replaced a striped object: its stripes go
+                self._retire(pool, name, Head.decode(prev))
             return key
         mv = memoryview(data).cast("B")
         head = Head.new(len(mv), digest(mv))
@@ -391,11 +392,10 @@ class ClusterClient:
             raise
 
     async def _put_head(self, pool: str, name: str, head: Head) -> ObjKey:
-        old = await self._head(pool, name, missing_ok=True)
-        key = await self._on_primary(
-            pool, name, lambda c: c.put(pool, name, head.encode(), refs=[HEAD_REF])
-        )
-        if old is not None and old.wid != head.wid:
+        key, prev = await self._on_primary(pool, name, lambda c: c.put_over(
+            pool, name, head.encode(), refs=[HEAD_REF], over_ref=HEAD_REF
+        ))  # fmt: skip
+        if prev is not None and (old := Head.decode(prev)).wid != head.wid:
             self._retire(pool, name, old)
         return ObjKey(key.uuid, head.hash, head.size, key.version)
 
@@ -538,10 +538,11 @@ class ClusterClient:
 
     async def delete(self, pool: str, name: str) -> int | None:
         """Delete `name`; the version of the deletion (its tombstone's)."""
-        head = await self._head(pool, name)
-        version = await self._on_primary(pool, name, lambda c: c.delete(pool, name))
-        if head is not None:
-            self._retire(pool, name, head)
+        version, prev = await self._on_primary(
+            pool, name, lambda c: c.delete_over(pool, name, over_ref=HEAD_REF)
+        )
+        if prev is not None:  # a striped object: its stripes go
+            self._retire(pool, name, Head.decode(prev))
         return version
 
     async def write_at(self, pool: str, name: str, offset: int, data: bytes) -> ObjKey:

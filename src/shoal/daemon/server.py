@@ -354,8 +354,9 @@ class Daemon:
                     raise NotFound(f"{ns}/{name} not found")
                 if cur.permanent:
                     raise Forbidden(f"{ns}/{name} is permanent: it cannot be deleted")
+                prev = await _replaced(repl, ns, name, cur, meta)
                 await self._replicated_delete(repl, replicas, ns, name, version, meta)
-            return {"version": version}
+            return {"version": version, **prev}
         add, remove = _refs(meta, "add"), _refs(meta, "remove")
         async with repl.writing(ns, name) as (version, cur):
             if cur is None:
@@ -401,6 +402,22 @@ def expiry(meta: dict[str, Any]) -> float | None:
 def check_expiry(expires: float | None, namespace: str, name: str | None) -> None:
     if expires is not None and time.time() > expires:
         raise Unavailable(f"a change of {namespace}/{name} arrived after its deadline: dropped")
+
+
+PREV_MAX = 64 << 10  # the most a reply gives back of the object a change replaced
+
+
+async def _replaced(
+    repl: Replication, ns: str, name: str, cur: Record | None, meta: dict[str, Any]
+) -> dict[str, Any]:
+    """{"prev": bytes} of the object a change replaces, when the request asks for it by a
+    reference that object carries (`prev_if_ref`: a client's striped object's head, whose
+    stripes the client then deletes) and it is small; else {}."""
+    want = meta.get("prev_if_ref")
+    if not isinstance(want, bytes) or cur is None or want not in cur.refs or cur.size > PREV_MAX:
+        return {}
+    _, data = await repl.whole(ns, name)
+    return {"prev": bytes(data)}
 
 
 def _put_record(
@@ -600,6 +617,7 @@ class _Upload:
                 if len(data) != self.size:  # (what the replicas get is what came)
                     raise ShoalError(f"internal: {len(data)} bytes kept of {self.size}")
             self.kept = []
+            prev = await _replaced(repl, ns, name, cur, self.meta)
             replies = await repl.send_put(replicas, ns, name, version, data, refs, permanent,
                                           expires=self.expires)  # fmt: skip
             try:
@@ -611,7 +629,8 @@ class _Upload:
                 raise Unavailable(f"{ns}/{name} changed under this write: retry it") from exc
             await repl.check_copies(replicas, replies, rec, data)
         key = rec.key
-        return {"uuid": key.uuid.bytes, "hash": key.hash, "size": key.size, "version": rec.version}
+        return {"uuid": key.uuid.bytes, "hash": key.hash, "size": key.size, "version": rec.version,
+                **prev}  # fmt: skip
 
     async def abort(self) -> None:
         if self.pump is not None and not self.pump.done():
