@@ -44,6 +44,7 @@ bench: install-bench
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.daemon
 	$(BIN)/python -m bench.replication
+	$(BIN)/python -m bench.http
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
