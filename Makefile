@@ -25,10 +25,11 @@ install-test: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 
 install-bench: $(BIN)/python
-	@command -v fio >/dev/null || ($(APT) update -qq && $(APT) install -y -qq $(APT_BENCH_PKGS))
+	@command -v fio >/dev/null && command -v wrk >/dev/null && command -v nginx >/dev/null \
+		|| ($(APT) update -qq && $(APT) install -y -qq $(APT_BENCH_PKGS))
 
-# shoal's main job: a local cluster (a master and 3 daemons under ./shoal-data, TLS on) until
-# Ctrl-C; the data is kept for the next `make up`.
+# shoal's main job: a local cluster (a master and 3 daemons under ./shoal-data, TLS on, and
+# the HTTP gateway on port 3000) until Ctrl-C; the data is kept for the next `make up`.
 up: install
 	$(BIN)/shoal up
 
