@@ -127,7 +127,9 @@ def test_shoal_up_first_start_stop_and_restart(up: Up, tmp_path: Path) -> None:
     assert got.stdout == b"bar200", got
     listed = subprocess.run(["curl", "-sS", f"{base}/?list"], capture_output=True)
     assert json.loads(listed.stdout) == {"next": "", "keys": ["/foo"]}
-    assert (data / "index.db").is_file() and '"key": "foo"' in (data / "http.log").read_text()
+    assert (data / "index.db").is_file()
+    log = data / "http.log"  # (the request log is written out in batches)
+    eventually_sync(lambda: log.read_text(), lambda t: '"key": "foo"' in t, timeout=5)
 
     # from that folder, with no flags at all
     run("write", "hello", "--data-literal", "hello world")

@@ -304,46 +304,57 @@ class ClusterClient:
         """Store the bytes taken from `chunks`, a few stripes in memory at most: `size` of
         them, or as many as come when `size` is None. If `chunks` raises, or gives another
         count than `size`, nothing is stored (stripes already sent are deleted)."""
-        buf = bytearray()
         it = aiter(chunks)
-        if size is None or size <= STRIPE:
+        if size is not None and size <= STRIPE:  # one object: gathered in place
+            whole, fill = bytearray(size), 0
             async for chunk in it:
-                buf += chunk
-                if len(buf) > STRIPE and size is None:
-                    break  # too large for one object: on to stripes
+                n = len(chunk)
+                if fill + n > size:
+                    raise ValueError(f"the source gave more than the announced {size} bytes")
+                whole[fill : fill + n] = chunk
+                fill += n
+            if fill != size:
+                raise ValueError(f"the source gave {fill} of the announced {size} bytes")
+            return await self.put(pool, name, whole)
+        first = bytearray()
+        if size is None:  # as much as one object holds, then on to stripes if there is more
+            async for chunk in it:
+                first += chunk
+                if len(first) > STRIPE:
+                    break
             else:
-                if size is not None and len(buf) != size:
-                    raise ValueError(f"the source gave {len(buf)} of the announced {size} bytes")
-                return await self.put(pool, name, buf)
+                return await self.put(pool, name, first)
         head = Head.new(size or 0, b"")
         hasher = blake3.blake3()
         got = 0
 
-        async def stripes() -> AsyncIterator[tuple[int, bytes]]:
-            nonlocal got, buf
-            i = 0
-            while True:
-                while len(buf) >= STRIPE:
-                    piece, buf = bytes(buf[:STRIPE]), buf[STRIPE:]
-                    hasher.update(piece)
-                    got += len(piece)
-                    yield i, piece
-                    i += 1
+        async def stripes() -> AsyncIterator[tuple[int, bytes | bytearray]]:
+            nonlocal got
+            i, piece, fill = 0, bytearray(STRIPE), 0
+            chunk: bytes | bytearray | memoryview | None = first
+            while chunk is not None:
+                mv = memoryview(chunk).cast("B")
+                while len(mv):
+                    n = min(len(mv), STRIPE - fill)
+                    piece[fill : fill + n] = mv[:n]
+                    fill, mv = fill + n, mv[n:]
+                    if fill == STRIPE:  # a whole stripe: off it goes, a new one fills
+                        hasher.update(piece)
+                        got += fill
+                        yield i, piece
+                        i, piece, fill = i + 1, bytearray(STRIPE), 0
                 chunk = await anext(it, None)
-                if chunk is None:
-                    break
-                buf += chunk
-            if buf:
-                hasher.update(buf)
-                got += len(buf)
-                yield i, bytes(buf)
+            if fill:
+                hasher.update(memoryview(piece)[:fill])
+                got += fill
+                yield i, piece[:fill]
 
         await self._put_stripes(pool, name, head, stripes())
         if size is not None and got != size:
             await self._drop_stripes(pool, name, head, -(-got // STRIPE))
             raise ValueError(f"the source gave {got} of the announced {size} bytes")
-        whole = replace(head, size=got, count=-(-got // STRIPE), hash=hasher.digest())
-        return await self._put_head(pool, name, whole)
+        done = replace(head, size=got, count=-(-got // STRIPE), hash=hasher.digest())
+        return await self._put_head(pool, name, done)
 
     async def put_file(
         self, pool: str, name: str, f: BinaryIO, *, progress: Callable[[int], None] | None = None
@@ -363,7 +374,7 @@ class ClusterClient:
         pool: str,
         name: str,
         head: Head,
-        pieces: AsyncIterator[tuple[int, bytes | memoryview]],
+        pieces: AsyncIterator[tuple[int, bytes | bytearray | memoryview]],
     ) -> None:
         ns, busy = stripe_namespace(pool), asyncio.Semaphore(PARALLEL)
         tasks: list[asyncio.Task[ObjKey]] = []
@@ -372,7 +383,9 @@ class ClusterClient:
                 await busy.acquire()
                 sname = head.stripe_name(name, i)
 
-                async def one(sname: str = sname, piece: bytes | memoryview = piece) -> ObjKey:
+                async def one(
+                    sname: str = sname, piece: bytes | bytearray | memoryview = piece
+                ) -> ObjKey:
                     try:
                         return await self._on_primary(
                             pool, sname, lambda c: c.put(ns, sname, piece)

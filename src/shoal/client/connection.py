@@ -16,6 +16,7 @@ from ssl import SSLContext
 from typing import Any, cast
 
 from shoal.proto.frames import (
+    Event,
     FrameEnd,
     FrameReader,
     FrameStart,
@@ -26,6 +27,8 @@ from shoal.proto.frames import (
     error_of,
 )
 
+# takes each piece of a streamed payload as it comes; the piece is valid only during the call
+# (the buffer under it is read into again): write it, hash it or copy it, do not keep it
 Sink = Callable[[memoryview], None]
 
 
@@ -41,9 +44,18 @@ class _Pending:
         self.fill = 0  # bytes of buf received (it is made to the payload's size at its start)
 
 
-class Connection(asyncio.Protocol):
+SCRATCH = 256 << 10  # bytes read at a time outside a large payload
+
+
+class Connection(asyncio.BufferedProtocol):
+    """A reply's payload is read from the socket straight into the buffer it is returned in
+    (no copy in user space); the rest (headers, meta, small or streamed payloads) through a
+    scratch buffer."""
+
     def __init__(self) -> None:
         self.reader = FrameReader()
+        self._scratch = memoryview(bytearray(SCRATCH))
+        self._direct: _Pending | None = None  # the reply read straight into its buffer
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, _Pending] = {}
         self.send_lock = asyncio.Lock()
@@ -87,12 +99,48 @@ class Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.writable.set()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        p = self._direct
+        if p is not None:
+            return memoryview(p.buf)[p.fill : p.fill + self.reader.payload_left]
+        return self._scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        p = self._direct
+        if p is not None:
+            p.fill += nbytes
+            try:
+                events = self.reader.took(nbytes)
+            except ProtocolError as exc:
+                self._fail(exc)
+                return
+            if events:
+                self._direct = None
+                self._handle(events)
+            return
+        try:
+            events = self.reader.feed(self._scratch[:nbytes])
+        except ProtocolError as exc:
+            self._fail(exc)
+            return
+        self._handle(events)
+        rid = self.reader.payload_of  # a payload still coming: straight into its buffer?
+        if rid is not None:
+            p = self.pending.get(rid)
+            if p is not None and len(p.buf) and (p.sink is None or p.status != Status.OK):
+                self._direct = p
+
+    def data_received(self, data: bytes) -> None:  # (a plain Protocol's way in, for tests)
         try:
             events = self.reader.feed(data)
         except ProtocolError as exc:
             self._fail(exc)
             return
+        self._handle(events)
+
+    def _handle(self, events: list[Event]) -> None:
+        """Events decoded from the scratch buffer: their data is copied out, or handed to a
+        sink (which uses it before it returns)."""
         for ev in events:
             if isinstance(ev, Payload):
                 p = self.pending.get(ev.request_id)

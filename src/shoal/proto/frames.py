@@ -206,6 +206,27 @@ class FrameReader:
         """True between frames (no partial frame buffered)."""
         return not self._pending and self._header is None and self._in_payload is None
 
+    @property
+    def payload_left(self) -> int:
+        """Payload bytes of the current frame still to come (0 outside a payload)."""
+        return self._left if self._in_payload is not None else 0
+
+    @property
+    def payload_of(self) -> int | None:
+        """The request id of the frame whose payload is coming, or None."""
+        return self._in_payload.request_id if self._in_payload is not None else None
+
+    def took(self, n: int) -> list[Event]:
+        """`n` payload bytes of the current frame were taken elsewhere (read straight into
+        the receiver's buffer): [FrameEnd] once the payload is complete."""
+        if self._in_payload is None or not 0 < n <= self._left:
+            raise ProtocolError(f"{n} payload bytes taken where {self.payload_left} were due")
+        self._left -= n
+        if self._left:
+            return []
+        end, self._in_payload = FrameEnd(self._in_payload.request_id), None
+        return [end]
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
         events: list[Event] = []
         mv = memoryview(data).cast("B")
