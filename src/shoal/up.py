@@ -39,6 +39,36 @@ _ADMIN = re.compile(r"admin key: (\S+) (\S+)")
 _HTTP = re.compile(r"shoal http listening on (\S+)")
 
 
+def _start(
+    cmd: list[str], log: Path, ready: re.Pattern[str], what: str
+) -> tuple[subprocess.Popen[bytes], re.Match[str], str]:
+    """Start a child (its stderr to `log`) and wait until its stdout says `ready`: the child,
+    the match and all it printed."""
+    with open(log, "ab") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+    out = read_until(proc, lambda o: bool(ready.search(o.decode(errors="replace"))), 30.0)
+    text = out.decode(errors="replace")
+    m = ready.search(text)
+    if m is None:
+        _stop(proc)
+        tail = log.read_text(errors="replace")[-3000:]
+        raise ShoalError(f"{what} did not start:\n{text}{tail}")
+    return proc, m, text
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL if it is still there 20 s later."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 class LocalCluster:
     def __init__(
         self, data: Path, daemons: int, size: str, base_port: int, http_port: int | None = None
@@ -70,17 +100,7 @@ class LocalCluster:
             "--peer-ca-cert", str(tls / "ca.crt"),
             "--listen-cert", str(tls / "master.crt"), "--listen-key", str(tls / "master.key"),
         ]  # fmt: skip
-        log = open(self.data / "master.log", "ab")  # noqa: SIM115
-        self.master = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
-        log.close()
-        text = read_until(
-            self.master, lambda out: bool(_LISTEN.search(out.decode(errors="replace"))), 30.0
-        ).decode(errors="replace")
-        m = _LISTEN.search(text)
-        if m is None:
-            self.stop()
-            tail = (self.data / "master.log").read_text(errors="replace")[-3000:]
-            raise ShoalError(f"the master did not start:\n{text}{tail}")
+        self.master, m, text = _start(cmd, self.data / "master.log", _LISTEN, "the master")
         peer, client = m.group(1), m.group(2)
         config_path = self.data / CONFIG_NAME
         admin = _ADMIN.search(text)
@@ -152,44 +172,20 @@ class LocalCluster:
             "--index", f"sqlite:///{(self.data / 'index.db').resolve()}",
             "--log", str(self.data / "http.log"),
         ]  # fmt: skip
-        err = open(self.data / "http.err", "ab")  # noqa: SIM115
-        self.http = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
-        err.close()
-        text = read_until(
-            self.http, lambda out: bool(_HTTP.search(out.decode(errors="replace"))), 30.0
-        ).decode(errors="replace")
-        m = _HTTP.search(text)
-        if m is None:
-            tail = (self.data / "http.err").read_text(errors="replace")[-3000:]
-            raise ShoalError(f"the HTTP gateway did not start:\n{text}{tail}")
+        self.http, m, _ = _start(cmd, self.data / "http.err", _HTTP, "the HTTP gateway")
         self.http_address = m.group(1)
         return self.http_address
 
     def stop(self) -> None:
         if self.http is not None:
-            if self.http.poll() is None:
-                self.http.send_signal(signal.SIGTERM)
-            try:
-                self.http.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.http.kill()
-                self.http.wait()
-            if self.http.stdout is not None:
-                self.http.stdout.close()
+            _stop(self.http)
         for d in self.daemons:
             if d.proc.poll() is None:
                 d.proc.send_signal(signal.SIGTERM)
         for d in self.daemons:
             d.stop()
-        if self.master is not None and self.master.poll() is None:
-            self.master.send_signal(signal.SIGTERM)
-            try:
-                self.master.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.master.kill()
-                self.master.wait()
-        if self.master is not None and self.master.stdout is not None:
-            self.master.stdout.close()
+        if self.master is not None:
+            _stop(self.master)
 
     def dead(self) -> list[str]:
         out = [f"daemon{i}" for i, d in enumerate(self.daemons) if d.proc.poll() is not None]

@@ -84,9 +84,9 @@ class Index(abc.ABC):
         """Undo `hide` (the delete that hid `entry` failed): the entry is live again if the
         key's row is still the tombstone `hide` left (at entry.version). Whether it was."""
 
-    @abc.abstractmethod
     async def delete(self, ns: str, key: str, version: int) -> None:
         """A tombstone at `version` (mtime now), if `version` is newer than what is stored."""
+        await self.put(ns, key, tombstone(version))
 
     @abc.abstractmethod
     async def list(

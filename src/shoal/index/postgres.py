@@ -33,7 +33,6 @@ from shoal.index.base import (
     encode_key,
     key_range,
     mask_url,
-    tombstone,
     unavailable,
 )
 
@@ -202,9 +201,6 @@ class PostgresIndex(Index):
         check_ns(ns)
         ns_, raw, version, _, size, hash_, mtime, meta = _row(ns, encode_key(key), checked(entry))
         return bool(await self._fetch(_RESTORE, (size, hash_, mtime, meta, ns_, raw, version)))
-
-    async def delete(self, ns: str, key: str, version: int) -> None:
-        await self.put(ns, key, tombstone(version))
 
     async def list(
         self, ns: str, prefix: str = "", start: str = "", limit: int = 1000

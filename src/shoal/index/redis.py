@@ -38,7 +38,6 @@ from shoal.index.base import (
     encode_key,
     key_range,
     mask_url,
-    tombstone,
     unavailable,
 )
 
@@ -248,9 +247,6 @@ class RedisIndex(Index):
         args: builtins.list[EncodableT] = [encode_key(key), live.version, _record(live)]
         with self._reaching():
             return bool(await self._restore(keys=_keys(ns), args=args))
-
-    async def delete(self, ns: str, key: str, version: int) -> None:
-        await self.put(ns, key, tombstone(version))
 
     async def list(
         self, ns: str, prefix: str = "", start: str = "", limit: int = 1000

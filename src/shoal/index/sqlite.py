@@ -33,7 +33,6 @@ from shoal.index.base import (
     encode_key,
     key_range,
     mask_url,
-    tombstone,
     unavailable,
 )
 
@@ -179,11 +178,6 @@ class SqliteIndex(Index):
         ns_, raw, version, _, size, hash_, mtime, meta = _row(ns, encode_key(key), checked(entry))
         args = (size, hash_, mtime, meta, ns_, raw, version)
         return await self._run(lambda db: db.execute(_RESTORE, args).rowcount == 1)
-
-    async def delete(self, ns: str, key: str, version: int) -> None:
-        check_ns(ns)
-        values = _row(ns, encode_key(key), checked(tombstone(version)))
-        await self._run(lambda db: db.execute(_UPSERT, values))
 
     async def list(
         self, ns: str, prefix: str = "", start: str = "", limit: int = 1000
