@@ -19,7 +19,6 @@ bench/results/daemon-<date>.json and bench/results/daemon-latest.json.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -42,7 +41,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from bench.engine import KiB, MiB, git, log, machine
+from bench.engine import KiB, MiB, arguments, git, log, machine
 from shoal.daemon.process import spawn
 
 REPO = Path(__file__).resolve().parent.parent
@@ -734,16 +733,7 @@ def recent_deletes_warning() -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m bench.daemon", description=(__doc__ or "").split("\n")[0]
-    )
-    ap.add_argument(
-        "--dir",
-        type=Path,
-        default=REPO / "bench" / "work",
-        help="where to make the fresh work directory (default: bench/work)",
-    )
-    ap.add_argument("--quick", action="store_true", help="2 s phases instead of 5 s")
+    ap = arguments("bench.daemon", __doc__, "2 s phases instead of 5 s")
     ap.add_argument(
         "--via",
         choices=["connection", "asyncclient"],

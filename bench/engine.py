@@ -424,17 +424,22 @@ def bench(work: Path, p: Params) -> dict[str, Any]:
     return fig
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m bench.engine", description=(__doc__ or "").split("\n")[0]
-    )
+def arguments(module: str, doc: str | None, quick: str) -> argparse.ArgumentParser:
+    """The options every bench has: --dir (where its fresh work directory goes) and --quick
+    (what a smoke run shortens)."""
+    ap = argparse.ArgumentParser(prog=f"python -m {module}", description=(doc or "").split("\n")[0])
     ap.add_argument(
         "--dir",
         type=Path,
         default=REPO / "bench" / "work",
         help="where to make the fresh work directory (default: bench/work)",
     )
-    ap.add_argument("--quick", action="store_true", help="shorter phases, 256 MiB not 1 GiB")
+    ap.add_argument("--quick", action="store_true", help=quick)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = arguments("bench.engine", __doc__, "shorter phases, 256 MiB not 1 GiB")
     args = ap.parse_args(argv)
     p = Params(args.quick, 2.0 if args.quick else 5.0, (256 * MiB) if args.quick else GiB)
     args.dir.mkdir(parents=True, exist_ok=True)

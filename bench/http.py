@@ -29,7 +29,6 @@ bench/results/http-<date>.json and bench/results/http-latest.json.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import http.client
@@ -67,7 +66,7 @@ from bench.daemon import (
     version,
 )
 from bench.daemon import Params as DaemonParams
-from bench.engine import KiB, MiB, git, log, machine
+from bench.engine import KiB, MiB, arguments, git, log, machine
 from shoal.daemon.process import read_until
 from shoal.up import _HTTP, LocalCluster
 
@@ -677,16 +676,7 @@ def bottlenecks(fig: dict[str, Any], ncpu: int) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m bench.http", description=(__doc__ or "").split("\n")[0]
-    )
-    ap.add_argument(
-        "--dir",
-        type=Path,
-        default=REPO / "bench" / "work",
-        help="where to make the fresh work directory (default: bench/work)",
-    )
-    ap.add_argument("--quick", action="store_true", help="a smoke run: 1 s runs, smaller key sets")
+    ap = arguments("bench.http", __doc__, "a smoke run: 1 s runs, smaller key sets")
     args = ap.parse_args(argv)
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:

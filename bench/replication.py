@@ -30,7 +30,6 @@ bench/results/replication-latest.json.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import multiprocessing
@@ -52,7 +51,7 @@ from statistics import mean
 from typing import Any
 
 from bench.daemon import TICK, cpu_of, kernel_threads, machine_busy, stop_process, tree
-from bench.engine import KiB, MiB, git, log, machine
+from bench.engine import KiB, MiB, arguments, git, log, machine
 from shoal.daemon import replication
 from shoal.daemon.process import DaemonProcess, spawn
 
@@ -612,16 +611,7 @@ def disk_of(info: dict[str, Any]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m bench.replication", description=(__doc__ or "").split("\n")[0]
-    )
-    ap.add_argument(
-        "--dir",
-        type=Path,
-        default=REPO / "bench" / "work",
-        help="where to make the fresh work directory (default: bench/work)",
-    )
-    ap.add_argument("--quick", action="store_true", help="2 s runs, 2G data files")
+    ap = arguments("bench.replication", __doc__, "2 s runs, 2G data files")
     ap.add_argument("--size", help="each daemon's data file (default 4G; 2G with --quick)")
     ap.add_argument("--seconds", type=float, help="length of each timed run (default 5)")
     ap.add_argument("--only", choices=["4k", "4m"], help="only the phases of this size")
