@@ -15,19 +15,15 @@ import pytest
 
 from shoal.up import LocalCluster
 from tests.integration.cluster_helpers import shoal, shoal_env
-from tests.integration.http_helpers import Gateway, start_cluster, start_gateway
+from tests.integration.http_helpers import Gateway, local_cluster, start_gateway
 
 WRITERS = 6
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, Gateway]]:
-    data = tmp_path_factory.mktemp("crash") / "shoal-data"
-    lc, gw = start_cluster(data)
-    yield lc, gw
-    lc.stop()
-    for i in range(lc.n):
-        (data / f"daemon{i}" / "blocks").unlink(missing_ok=True)
+    with local_cluster(tmp_path_factory.mktemp("crash") / "shoal-data") as (lc, gw):
+        yield lc, gw
 
 
 def _load(gw: Gateway, w: int, stop: threading.Event, done: list[str]) -> None:

@@ -5,12 +5,14 @@ and raw sockets for what curl will not send."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -117,6 +119,18 @@ def start_cluster(data: Path) -> tuple[LocalCluster, Gateway]:
         raise
     index = f"sqlite:///{(data / 'index.db').resolve()}"
     return cluster, Gateway(address, "default", index, data / "http.log", cluster.http)
+
+
+@contextlib.contextmanager
+def local_cluster(data: Path) -> Iterator[tuple[LocalCluster, Gateway]]:
+    """`start_cluster`, stopped (and its data files removed) at the end."""
+    cluster, gateway = start_cluster(data)
+    try:
+        yield cluster, gateway
+    finally:
+        cluster.stop()
+        for i in range(cluster.n):
+            (data / f"daemon{i}" / "blocks").unlink(missing_ok=True)
 
 
 def start_gateway(cluster: LocalCluster, pool: str, index: str, log: Path, *extra: str) -> Gateway:

@@ -27,7 +27,7 @@ from shoal.master.server import Master
 from shoal.master.state import MasterState
 from shoal.up import LocalCluster
 from tests.integration.cluster_helpers import eventually_sync, shoal, shoal_env
-from tests.integration.http_helpers import Gateway, start_cluster, start_gateway, status_of
+from tests.integration.http_helpers import Gateway, local_cluster, start_gateway, status_of
 
 STRIPE = 4 << 20
 LARGE = 12 * STRIPE  # more stripes than the gateway reads ahead (PARALLEL = 8)
@@ -35,13 +35,9 @@ LARGE = 12 * STRIPE  # more stripes than the gateway reads ahead (PARALLEL = 8)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, Gateway]]:
-    data = tmp_path_factory.mktemp("review") / "shoal-data"
-    lc, gw = start_cluster(data)
-    assert gw.put("rv/big", os.urandom(LARGE)).status == 201  # (read by several tests)
-    yield lc, gw
-    lc.stop()
-    for i in range(lc.n):
-        (data / f"daemon{i}" / "blocks").unlink(missing_ok=True)
+    with local_cluster(tmp_path_factory.mktemp("review") / "shoal-data") as (lc, gw):
+        assert gw.put("rv/big", os.urandom(LARGE)).status == 201  # (read by several tests)
+        yield lc, gw
 
 
 def _cli(lc: LocalCluster, *args: str, ok: bool = True) -> subprocess.CompletedProcess[bytes]:

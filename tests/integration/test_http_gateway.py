@@ -23,8 +23,8 @@ from shoal.up import LocalCluster
 from tests.integration.cluster_helpers import eventually_sync, shoal, shoal_env
 from tests.integration.http_helpers import (
     Gateway,
+    local_cluster,
     raw_request,
-    start_cluster,
     start_gateway,
     status_of,
 )
@@ -36,12 +36,8 @@ BIG = 9 << 20  # striped (stripes are 4 MiB)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, Gateway]]:
-    data = tmp_path_factory.mktemp("http") / "shoal-data"
-    cluster, gateway = start_cluster(data)
-    yield cluster, gateway
-    cluster.stop()
-    for i in range(cluster.n):
-        (data / f"daemon{i}" / "blocks").unlink(missing_ok=True)
+    with local_cluster(tmp_path_factory.mktemp("http") / "shoal-data") as (cluster, gateway):
+        yield cluster, gateway
 
 
 class Backend:
