@@ -172,7 +172,8 @@ class LocalCluster:
             "--index", f"sqlite:///{(self.data / 'index.db').resolve()}",
             "--log", str(self.data / "http.log"),
         ]  # fmt: skip
-        self.http, m, _ = _start(cmd, self.data / "http.err", _HTTP, "the HTTP gateway")
+        what = f"the HTTP gateway (port {self.http_port}; --http-port chooses another)"
+        self.http, m, _ = _start(cmd, self.data / "http.err", _HTTP, what)
         self.http_address = m.group(1)
         return self.http_address
 
