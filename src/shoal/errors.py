@@ -73,3 +73,9 @@ class Unavailable(ShoalError):
     still recovering): retry, or try another replica. A write refused before it started
     changed nothing; one that reached some of its replicas but not all is not acknowledged and
     may still be made by recovery (like a write that timed out): retrying it is safe."""
+
+
+class OutcomeUnknown(ShoalError):
+    """A change was sent but its answer was lost (the connection broke, or no answer came in
+    time): it may or may not have been made. Not retried by the client where a second try
+    could undo what another writer did meanwhile; the caller decides (a new PUT is safe)."""

@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from shoal.client.connection import Connection, Sink
 from shoal.engine.keys import ObjKey
-from shoal.errors import InvalidArgument
+from shoal.errors import InvalidArgument, OutcomeUnknown
 from shoal.proto.frames import Op
 
 T = TypeVar("T")
@@ -134,7 +134,11 @@ class AsyncClient:
         *,
         idempotent: bool,
         sink: Sink | None = None,
+        unknown: bool = False,
     ) -> tuple[dict[str, Any], bytearray]:
+        """The reply to one request. `idempotent`: sent again on a new connection when the
+        connection breaks. `unknown`: a request that was sent and got no answer raises
+        OutcomeUnknown (not ConnectionError or TimeoutError, which callers retry)."""
         if op in _CHANGES:  # (a daemon does not start a change its client has given up on)
             meta.setdefault("timeout", self.timeout)
         attempt = 0
@@ -147,11 +151,17 @@ class AsyncClient:
                     )
             except TimeoutError:  # (an OSError too: first)
                 conn.close()
-                raise TimeoutError(
-                    f"no answer from {self.host}:{self.port} in {self.timeout} s"
-                ) from None
+                what = f"no answer from {self.host}:{self.port} in {self.timeout} s"
+                if unknown:
+                    raise OutcomeUnknown(f"{what}: the change may or may not be made") from None
+                raise TimeoutError(what) from None
             except (ConnectionError, OSError) as exc:
                 conn.close()
+                if unknown:
+                    raise OutcomeUnknown(
+                        f"{self.host}:{self.port}: {exc or 'connection lost'}: the change may "
+                        "or may not be made"
+                    ) from None
                 attempt += 1
                 if not idempotent or attempt > self.retries:
                     raise ConnectionError(str(exc) or "connection to the daemon lost") from None
@@ -183,13 +193,14 @@ class AsyncClient:
 
     async def put_over(
         self, pool: str, name: str, data: bytes | bytearray | memoryview, *,
-        refs: Iterable[bytes] = (), over_ref: bytes,
+        refs: Iterable[bytes] = (), over_ref: bytes, resend: bool = True,
     ) -> tuple[ObjKey, bytes | None]:  # fmt: skip
         """`put` in a cluster, and the bytes of the object it replaced if that one carried the
-        reference `over_ref` (and is small: a striped object's head)."""
+        reference `over_ref` (and is small: a striped object's head). With `resend` False, a
+        lost answer is OutcomeUnknown, never a second try."""
         meta = {"namespace": pool, "name": name, "refs": list(refs), "permanent": False,
                 "prev_if_ref": over_ref}  # fmt: skip
-        reply, _ = await self._call(Op.PUT, meta, data, idempotent=True)
+        reply, _ = await self._call(Op.PUT, meta, data, idempotent=resend, unknown=not resend)
         return _key(reply), reply.get("prev")
 
     async def put_stream(

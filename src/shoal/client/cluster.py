@@ -90,7 +90,9 @@ class ClusterClient:
         self._map_lock = asyncio.Lock()
         self._opening = asyncio.Lock()
         self._reading: Counter[str] = Counter()  # a striped object's wid: readers here
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retired: dict[str, tuple[str, str, Head]] = {}  # wid: stripes to delete
+        self._retiring: set[asyncio.Task[None]] = set()  # waiting out the grace
+        self._dropping: set[asyncio.Task[None]] = set()  # deleting
 
     async def __aenter__(self) -> ClusterClient:
         try:
@@ -112,6 +114,10 @@ class ClusterClient:
         for t in list(self._retiring):  # stripes retired: deleted now (no reader here is left)
             t.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
+        left, self._retired = list(self._retired.values()), {}
+        for pool, name, head in left:
+            self._dropping_now(pool, name, head)
+        await asyncio.gather(*self._dropping, return_exceptions=True)
         if self._follow is not None:
             self._follow.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -308,10 +314,11 @@ class ClusterClient:
         if size is not None and size <= STRIPE:  # one object: gathered in place
             whole, fill = bytearray(size), 0
             async for chunk in it:
-                n = len(chunk)
+                mv = memoryview(chunk).cast("B")  # (bytes, whatever the items)
+                n = len(mv)
                 if fill + n > size:
                     raise ValueError(f"the source gave more than the announced {size} bytes")
-                whole[fill : fill + n] = chunk
+                whole[fill : fill + n] = mv
                 fill += n
             if fill != size:
                 raise ValueError(f"the source gave {fill} of the announced {size} bytes")
@@ -405,8 +412,10 @@ class ClusterClient:
             raise
 
     async def _put_head(self, pool: str, name: str, head: Head) -> ObjKey:
+        # Not sent twice: a second try after a lost answer could put this head back after
+        # another writer replaced it and deleted its stripes. The caller hears OutcomeUnknown.
         key, prev = await self._on_primary(pool, name, lambda c: c.put_over(
-            pool, name, head.encode(), refs=[HEAD_REF], over_ref=HEAD_REF
+            pool, name, head.encode(), refs=[HEAD_REF], over_ref=HEAD_REF, resend=False
         ))  # fmt: skip
         if prev is not None and (old := Head.decode(prev)).wid != head.wid:
             self._retire(pool, name, old)
@@ -415,18 +424,25 @@ class ClusterClient:
     def _retire(self, pool: str, name: str, head: Head) -> None:
         """Delete the stripes of `head` (replaced or deleted) once no reader of this client
         reads them and `grace` seconds have passed; at once when the client closes."""
+        self._retired[head.wid] = (pool, name, head)
 
         async def later() -> None:
-            try:
-                await asyncio.sleep(self.grace)
-                while self._reading[head.wid]:
-                    await asyncio.sleep(0.5)
-            finally:
-                await self._drop_stripes(pool, name, head, head.count)
+            await asyncio.sleep(self.grace)
+            while self._reading[head.wid]:
+                await asyncio.sleep(0.5)
+            if self._retired.pop(head.wid, None) is not None:
+                await asyncio.shield(self._dropping_now(pool, name, head))
 
         t = asyncio.ensure_future(later())
         self._retiring.add(t)
         t.add_done_callback(self._retiring.discard)
+
+    def _dropping_now(self, pool: str, name: str, head: Head) -> asyncio.Task[None]:
+        """The deletion of `head`'s stripes, as a task `close` waits for (never cut short)."""
+        t = asyncio.ensure_future(self._drop_stripes(pool, name, head, head.count))
+        self._dropping.add(t)
+        t.add_done_callback(self._dropping.discard)
+        return t
 
     async def _drop_stripes(self, pool: str, name: str, head: Head, count: int) -> None:
         """Delete stripes 0..count-1 of `head` (best effort: a leftover is garbage, not harm)."""

@@ -41,6 +41,7 @@ from shoal.errors import (
     NoSpace,
     NotAuthenticated,
     NotFound,
+    OutcomeUnknown,
     ShoalError,
     Unavailable,
 )
@@ -51,6 +52,7 @@ log = logging.getLogger("shoal.http")
 
 LIST_MAX = 1_000_000  # keys in one listing without `limit` (minikeyvalue's bound too)
 LIST_PAGE = 1000
+SLICE = 256 << 10  # bytes of a large reply handed to the server at a time
 READ_AHEAD = 2  # stripes of a large object fetched ahead of the client (memory per reader)
 IDLE_TIMEOUT = 60.0  # seconds a client may send nothing of its body (408), or take nothing
 OCTETS = b"application/octet-stream"
@@ -158,7 +160,10 @@ def _status_of(exc: BaseException) -> int:
         return 507
     if isinstance(exc, BodyTimeout):
         return 408
-    if isinstance(exc, Unavailable | NoDaemon | IndexUnavailable | TimeoutError | ConnectionError):
+    if isinstance(
+        exc,
+        Unavailable | NoDaemon | IndexUnavailable | OutcomeUnknown | TimeoutError | ConnectionError,
+    ):
         return 503
     return 500
 
@@ -321,15 +326,20 @@ class HttpGateway:
             gone = asyncio.ensure_future(_disconnected(receive))
             try:
                 while True:
-                    if gone.done():
-                        raise ClientGone("the client went away during the reply")
-                    async with asyncio.timeout(self.idle):
-                        await x.body(piece, nxt is not None)
+                    # in slices, each given the idle timeout: a slow reader that keeps
+                    # reading is not cut off, one that takes nothing is
+                    for at in range(0, len(piece), SLICE):
+                        if gone.done():
+                            raise ClientGone("the client went away during the reply")
+                        last = at + SLICE >= len(piece) and nxt is None
+                        try:
+                            async with asyncio.timeout(self.idle):
+                                await x.body(piece[at : at + SLICE], not last)
+                        except TimeoutError:
+                            raise ClientGone(f"the client took nothing for {self.idle} s") from None
                     if nxt is None:
                         break
                     piece, nxt = nxt, await anext(pieces, None)
-            except TimeoutError:
-                raise ClientGone(f"the client took nothing for {self.idle} s") from None
             finally:
                 gone.cancel()
 
