@@ -59,7 +59,8 @@ OCTETS = b"application/octet-stream"
 
 
 class ClientGone(ShoalError):
-    """The client closed the connection before the whole body came."""
+    """The client went away, or took nothing for too long, before the exchange was over:
+    there is nobody to answer."""
 
 
 class BadDigest(InvalidArgument):
@@ -160,6 +161,8 @@ def _status_of(exc: BaseException) -> int:
         return 507
     if isinstance(exc, BodyTimeout):
         return 408
+    if isinstance(exc, _Busy):
+        return 409
     if isinstance(
         exc,
         Unavailable | NoDaemon | IndexUnavailable | OutcomeUnknown | TimeoutError | ConnectionError,
@@ -384,23 +387,19 @@ class HttpGateway:
                 expected = b""
             if len(expected) != 16:
                 raise InvalidArgument("Content-MD5 is the base64 of a 16-byte MD5")
-        try:
-            with self._changing(key):
-                stored = await self.client.put_stream(
-                    self.pool, key, size, _body(x, receive, size, expected, self.idle)
-                )
-                version = stored.version or 0
-                entry = Entry(stored.size, stored.hash, version, time.time())
-                try:
-                    await self.index.put(self.pool, key, entry)
-                except IndexUnavailable as exc:
-                    raise IndexUnavailable(
-                        f"/{key} is stored, but not listed: {exc} (a retry of the PUT, or "
-                        "`shoal index rebuild`, lists it)"
-                    ) from None
-        except _Busy as exc:
-            await x.whole(409, f"{exc}\n".encode())
-            return
+        with self._changing(key):
+            stored = await self.client.put_stream(
+                self.pool, key, size, _body(x, receive, size, expected, self.idle)
+            )
+            version = stored.version or 0
+            entry = Entry(stored.size, stored.hash, version, time.time())
+            try:
+                await self.index.put(self.pool, key, entry)
+            except IndexUnavailable as exc:
+                raise IndexUnavailable(
+                    f"/{key} is stored, but not listed: {exc} (a retry of the PUT, or "
+                    "`shoal index rebuild`, lists it)"
+                ) from None
         x.nbytes = stored.size
         headers = [(b"content-length", b"0")]
         if stored.hash is not None:
@@ -409,36 +408,32 @@ class HttpGateway:
         await x.send({"type": "http.response.body", "body": b""})
 
     async def _delete(self, x: _Exchange, key: str) -> None:
-        try:
-            with self._changing(key):
-                hidden = await self.index.hide(self.pool, key)
-                try:
-                    version = await self.client.delete(self.pool, key)
-                except NotFound:
-                    if hidden is None:
-                        raise
-                    version = hidden.version  # listed without data: no longer listed
-                except (Forbidden, InvalidArgument, NotAuthenticated, NoDaemon):
-                    # refused before anything changed: listed again. (After a failure that
-                    # may have deleted it on some daemons, recovery may finish the delete: it
-                    # stays unlisted, as a crash here leaves it, until a retry or a rebuild.)
-                    if hidden is not None:
-                        with contextlib.suppress(ShoalError):
-                            await self.index.restore(self.pool, key, hidden)
+        with self._changing(key):
+            hidden = await self.index.hide(self.pool, key)
+            try:
+                version = await self.client.delete(self.pool, key)
+            except NotFound:
+                if hidden is None:
                     raise
-                if version is not None:
-                    try:
-                        await self.index.delete(self.pool, key, version)
-                    except IndexUnavailable as exc:  # (hidden already: not listed)
-                        log.warning("DELETE /%s: %s", key, exc)
-        except _Busy as exc:
-            await x.whole(409, f"{exc}\n".encode())
-            return
+                version = hidden.version  # listed without data: no longer listed
+            except (Forbidden, InvalidArgument, NotAuthenticated, NoDaemon):
+                # refused before anything changed: listed again. (After a failure that
+                # may have deleted it on some daemons, recovery may finish the delete: it
+                # stays unlisted, as a crash here leaves it, until a retry or a rebuild.)
+                if hidden is not None:
+                    with contextlib.suppress(ShoalError):
+                        await self.index.restore(self.pool, key, hidden)
+                raise
+            if version is not None:
+                try:
+                    await self.index.delete(self.pool, key, version)
+                except IndexUnavailable as exc:  # (hidden already: not listed)
+                    log.warning("DELETE /%s: %s", key, exc)
         await x.whole(204)
 
 
 class _Busy(ShoalError):
-    pass
+    """The key is being changed by another request of this gateway (409, as minikeyvalue)."""
 
 
 _dates: dict[int, bytes] = {}
