@@ -10,6 +10,7 @@ import json
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -131,6 +132,21 @@ def local_cluster(data: Path) -> Iterator[tuple[LocalCluster, Gateway]]:
         cluster.stop()
         for i in range(cluster.n):
             (data / f"daemon{i}" / "blocks").unlink(missing_ok=True)
+
+
+def live_stripes(cluster: LocalCluster, key: str, pool: str = "default") -> int:
+    """Stripe copies of `key` that are not tombstones, over every daemon's key store."""
+    n = 0
+    for d in cluster.daemons:
+        db = sqlite3.connect(f"file:{d.dir / 'keys.db'}?mode=ro", uri=True)
+        with contextlib.closing(db):
+            (count,) = db.execute(
+                "SELECT count(*) FROM objects WHERE namespace = ?"
+                " AND substr(name, 1, ?) = ? AND (flags & 2) = 0",
+                (f"{pool}#stripes", len(key) + 1, key + "/"),
+            ).fetchone()
+        n += count
+    return n
 
 
 def start_gateway(cluster: LocalCluster, pool: str, index: str, log: Path, *extra: str) -> Gateway:

@@ -6,12 +6,10 @@ daemons. One cluster for the module, started the way `shoal up` starts it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
 import socket
-import sqlite3
 import subprocess
 import threading
 import time
@@ -27,7 +25,13 @@ from shoal.master.server import Master
 from shoal.master.state import MasterState
 from shoal.up import LocalCluster
 from tests.integration.cluster_helpers import eventually_sync, shoal, shoal_env
-from tests.integration.http_helpers import Gateway, local_cluster, start_gateway, status_of
+from tests.integration.http_helpers import (
+    Gateway,
+    live_stripes,
+    local_cluster,
+    start_gateway,
+    status_of,
+)
 
 STRIPE = 4 << 20
 LARGE = 12 * STRIPE  # more stripes than the gateway reads ahead (PARALLEL = 8)
@@ -64,21 +68,6 @@ def _connect(gw: Gateway, rcvbuf: int | None = None) -> socket.socket:
     s.settimeout(30)
     s.connect((host, int(port)))
     return s
-
-
-def _live_stripes(lc: LocalCluster, key: str) -> int:
-    """Stripe rows of `key` that are not tombstones, over every daemon's key store."""
-    n = 0
-    for d in lc.daemons:
-        db = sqlite3.connect(f"file:{d.dir / 'keys.db'}?mode=ro", uri=True)
-        with contextlib.closing(db):
-            (count,) = db.execute(
-                "SELECT count(*) FROM objects WHERE namespace = 'default#stripes'"
-                " AND substr(name, 1, ?) = ? AND (flags & 2) = 0",
-                (len(key) + 1, key + "/"),
-            ).fetchone()
-        n += count
-    return n
 
 
 def _rss(pid: int) -> int:
@@ -232,14 +221,14 @@ def test_a_small_overwrite_of_a_striped_object_frees_its_stripes(
     gw = start_gateway(lc, "default", main.index, lc.data / "http-shrink.log")
     try:
         assert gw.put("rv/shrink", os.urandom(2 * STRIPE + 1)).status == 201
-        assert _live_stripes(lc, "rv/shrink") == 3 * 3  # 3 stripes, 3 replicas
+        assert live_stripes(lc, "rv/shrink") == 3 * 3  # 3 stripes, 3 replicas
         assert gw.put("rv/shrink", b"small now").status == 201
         assert gw.get("rv/shrink").body == b"small now"
-        assert _live_stripes(lc, "rv/shrink") == 3 * 3, "kept for readers elsewhere, a while"
+        assert live_stripes(lc, "rv/shrink") == 3 * 3, "kept for readers elsewhere, a while"
         assert gw.delete("rv/shrink").status == 204
     finally:
         gw.stop()
-    assert _live_stripes(lc, "rv/shrink") == 0
+    assert live_stripes(lc, "rv/shrink") == 0
 
 
 def test_writers_racing_on_a_striped_key_leave_no_stripes(
@@ -267,7 +256,7 @@ def test_writers_racing_on_a_striped_key_leave_no_stripes(
     finally:
         for g in gws:
             g.stop()  # (retired stripes go when a gateway stops, or after its grace)
-    assert _live_stripes(lc, "rv/race") == 0
+    assert live_stripes(lc, "rv/race") == 0
 
 
 def test_an_uploader_that_stops_sending_gets_408_and_frees_the_key(

@@ -7,12 +7,10 @@ bytes. One cluster for the module, started the way `shoal up` starts it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import mmap
 import os
 import socket
-import sqlite3
 import subprocess
 import time
 from array import array
@@ -27,7 +25,13 @@ from shoal.client.stripes import HEAD_REF
 from shoal.errors import Forbidden, OutcomeUnknown
 from shoal.up import LocalCluster
 from tests.integration.cluster_helpers import TidyClusterClient, shoal, shoal_env
-from tests.integration.http_helpers import Gateway, local_cluster, start_gateway, status_of
+from tests.integration.http_helpers import (
+    Gateway,
+    live_stripes,
+    local_cluster,
+    start_gateway,
+    status_of,
+)
 
 STRIPE = 4 << 20
 POOL = "default"
@@ -51,24 +55,9 @@ def _client(lc: LocalCluster, access: str | None = None, secret: str | None = No
                              secret or cfg["secret_key"], ca=cfg["ca_cert"], **kw)  # fmt: skip
 
 
-def _live_stripes(lc: LocalCluster, key: str) -> int:
-    """Stripe rows of `key` that are not tombstones, over every daemon's key store."""
-    n = 0
-    for d in lc.daemons:
-        db = sqlite3.connect(f"file:{d.dir / 'keys.db'}?mode=ro", uri=True)
-        with contextlib.closing(db):
-            (count,) = db.execute(
-                "SELECT count(*) FROM objects WHERE namespace = 'default#stripes'"
-                " AND substr(name, 1, ?) = ? AND (flags & 2) = 0",
-                (len(key) + 1, key + "/"),
-            ).fetchone()
-        n += count
-    return n
-
-
 async def _stripes_gone(lc: LocalCluster, key: str, timeout: float = 5.0) -> int:
     deadline = time.monotonic() + timeout
-    while (n := _live_stripes(lc, key)) and time.monotonic() < deadline:
+    while (n := live_stripes(lc, key)) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     return n
 
@@ -90,10 +79,10 @@ def test_a_cli_overwrite_or_rm_of_a_striped_object_frees_its_stripes(
     f.write_bytes(os.urandom(2 * STRIPE + 1))
     _cli(lc, "write", "rv2/cli-over", "-f", str(f))
     _cli(lc, "write", "rv2/cli-rm", "-f", str(f))
-    assert _live_stripes(lc, "rv2/cli-over") == 3 * 3  # 3 stripes, 3 replicas
+    assert live_stripes(lc, "rv2/cli-over") == 3 * 3  # 3 stripes, 3 replicas
     _cli(lc, "write", "rv2/cli-over", "--data-literal", "small now")
     _cli(lc, "rm", "rv2/cli-rm")
-    left = _live_stripes(lc, "rv2/cli-over"), _live_stripes(lc, "rv2/cli-rm")
+    left = live_stripes(lc, "rv2/cli-over"), live_stripes(lc, "rv2/cli-rm")
     assert left == (0, 0), f"stripes left behind by clients that have exited: {left}"
 
 
