@@ -457,12 +457,10 @@ class ClusterClient:
         await asyncio.gather(*(one(i) for i in range(count)))
 
     async def _head(self, pool: str, name: str, missing_ok: bool = False) -> Head | None:
-        """The head of `name` if it is striped (None if it is not, or is missing_ok). Only a
-        head is read: another object is only looked at."""
+        """The head of `name` if it is striped (None if it is not, or is missing_ok). Its
+        callers have seen the head's reference on a stat: one read, which returns None if the
+        object was replaced by one that is not striped meanwhile."""
         try:
-            info = await self._on_replicas(pool, name, lambda c: c.stat(pool, name))
-            if HEAD_REF not in info.refs:
-                return None
             info, raw = await self._on_replicas(pool, name, lambda c: c.get_with_info(pool, name))
         except NotFound:
             if missing_ok:
