@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,10 @@ from shoal.daemon.process import DaemonProcess, spawn
 __all__ = ["SHOAL", "DaemonProcess", "remove_data", "start_daemon"]
 
 SHOAL = [sys.executable, "-m", "shoal.cli"]
+
+# `shoal up` names its config in ~/.config/shoal/last-up for commands run elsewhere: the tests'
+# clusters must not leave that in the user's home (children inherit this).
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="shoal-test-config-")
 
 
 def start_daemon(directory: Path, *extra: str, size: str = "512M") -> DaemonProcess:

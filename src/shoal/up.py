@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.certs import issue
-from shoal.cli_cluster import CONFIG_NAME, ClusterConfig, write_config
+from shoal.config import CONFIG_NAME, ClusterConfig, write_config
 from shoal.daemon.process import DaemonProcess, read_until, spawn
 from shoal.errors import InvalidArgument, ShoalError
 
@@ -135,7 +135,7 @@ class LocalCluster:
 
     def wait_ready(self, cfg: ClusterConfig, timeout: float = 30.0) -> dict[str, Any]:
         """Wait until every daemon is up in the map; make the default pool if there is none."""
-        from shoal.cli import _run_async
+        from shoal.cli.common import run_async
 
         async def go() -> dict[str, Any]:
             import asyncio
@@ -161,7 +161,7 @@ class LocalCluster:
             finally:
                 await c.close()
 
-        status: dict[str, Any] = _run_async(go())
+        status: dict[str, Any] = run_async(go())
         return status
 
     def start_http(self) -> str:

@@ -318,7 +318,8 @@ def shoal_env(home: Path, master: MasterProcess | None = None, **more: str) -> d
     """The environment for a `shoal` child: ours without SHOAL_* and with HOME at `home` (so
     no ~/.config/shoal/client.json of the user's is read), plus the cluster's address and
     admin key if `master`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SHOAL_") and k != "XDG_CONFIG_HOME"}  # fmt: skip
     home.mkdir(parents=True, exist_ok=True)
     env["HOME"] = str(home)
     if master is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from shoal.cli_cluster import CONFIG_NAME
+from shoal.config import CONFIG_NAME
 from shoal.daemon.process import read_until
 from shoal.up import LocalCluster
 

@@ -12,7 +12,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from shoal.cli_cluster import DEFAULT_DATA, _need_config, add_cluster_options
+from shoal.cli.common import add_cluster_options, cluster_client, need_config, run_async
+from shoal.config import DEFAULT_DATA
 from shoal.errors import InvalidArgument
 
 DEFAULT_INDEX = os.path.join(DEFAULT_DATA, "index.db")
@@ -23,10 +24,7 @@ INDEX_HELP = (
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from shoal.client.cluster import ClusterClient
-
-    cfg = _need_config(args)
-    return ClusterClient(cfg.master, cfg.access_key, cfg.secret, ca=cfg.ca)
+    return cluster_client(need_config(args))
 
 
 async def _pool_exists(client: Any, pool: str) -> None:
@@ -79,7 +77,6 @@ def cmd_http(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from shoal.cli import _run_async
     from shoal.index import Entry, open_index
 
     index = open_index(args.index)
@@ -114,11 +111,11 @@ def cmd_index(args: argparse.Namespace) -> int:
             await client.close()
             await index.close()
 
-    rc: int = _run_async(go())
+    rc: int = run_async(go())
     return rc
 
 
-def add_commands(top: Any) -> None:
+def register(top: Any) -> None:
     v = top.add_parser("http", help="serve minikeyvalue's HTTP API over a pool (port 3000)")
     v.add_argument("--port", type=int, default=3000)
     v.add_argument("--host", default="127.0.0.1", help="the address to listen on")
