@@ -92,6 +92,44 @@ def test_errors_are_one_clear_line(tmp_path: Path, dev: str) -> None:
     assert p.returncode == 1 and b"No such file" in p.stderr
 
 
+def test_format_makes_the_folders_a_new_file_goes_in(tmp_path: Path) -> None:
+    """The README's `shoal disk format demo/disk.img --size 1G`, run in a fresh folder, makes
+    demo/ (and a --keys path's folders); a folder that cannot be made, or one under /dev, is
+    one clear line that names it, and nothing is made."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*SHOAL, "disk", *args], capture_output=True, timeout=120,
+                              cwd=tmp_path)  # fmt: skip
+
+    p = run("format", "demo/disk.img", "--size", "64M")
+    assert p.returncode == 0, p.stderr.decode()
+    assert p.stdout.startswith(b"formatted demo/disk.img: ") and p.stderr == b""
+    assert (tmp_path / "demo" / "disk.img.keys").is_file()
+    assert run("put", "demo/disk.img", "hello", "--data-literal", "hi").returncode == 0
+    assert run("get", "demo/disk.img", "hello").stdout == b"hi"
+
+    p = run("format", "a/b/data.img", "--keys", "fast/x/data.keys", "--size", "8M")
+    assert p.returncode == 0, p.stderr.decode()
+    assert (tmp_path / "a" / "b" / "data.img").is_file()
+    assert (tmp_path / "fast" / "x" / "data.keys").is_file()
+
+    (tmp_path / "plain").write_bytes(b"a file, not a folder")
+    p = run("format", "plain/sub/disk.img", "--size", "8M")
+    assert p.returncode == 1 and p.stdout == b""
+    assert p.stderr == (f"shoal: error: plain/sub/disk.img: cannot make the folder "
+                        f"{tmp_path.resolve()}/plain/sub (Not a directory)\n").encode()  # fmt: skip
+
+    missing = "/dev/shoal-test-no-such-folder"
+    assert not os.path.exists(missing)
+    p = run("format", f"{missing}/disk", "--size", "8M")
+    want = f"{missing}/disk: there is no folder {missing} (is the device attached?)"
+    assert p.returncode == 1 and p.stderr == f"shoal: error: {want}\n".encode()
+    assert not os.path.exists(missing), "no folder is made under /dev"
+    p = run("format", "kept.img", "--keys", f"{missing}/kept.keys", "--size", "8M")
+    assert p.returncode == 1 and f"there is no folder {missing}".encode() in p.stderr
+    assert not (tmp_path / "kept.img").exists(), "a bad --keys is refused before the device"
+
+
 @pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("losetup"), reason="needs root")
 def test_loop_block_device(tmp_path: Path) -> None:

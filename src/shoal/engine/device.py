@@ -131,12 +131,14 @@ class BlockDevice:
     def format(
         cls, path: str, size: int | None = None, *, force: bool = False, sparse: bool = False
     ) -> BlockDevice:
-        """Write a fresh superblock. A file of `size` bytes is made if `path` is new, its
-        space reserved on the filesystem (unless `sparse`), so that a full filesystem can
-        never fail a write the device has room for."""
+        """Write a fresh superblock. A file of `size` bytes is made if `path` is new (and the
+        folders it goes in), its space reserved on the filesystem (unless `sparse`), so that
+        a full filesystem can never fail a write the device has room for."""
         exists = os.path.exists(path)
         if not exists and size is None:
             raise InvalidArgument(f"{path} does not exist: give a size to create it")
+        if not exists:
+            make_parent(path)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             _lock(fd, path)
@@ -296,6 +298,27 @@ def _lock(fd: int, path: str) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise DeviceBusy(f"{path} is open in another process") from None
+
+
+def make_parent(path: str) -> None:
+    """Make the folder a new file `path` goes in, and any missing above it, each flushed so
+    that the file's name survives a crash. Not under /dev: a missing /dev/... is a device
+    that is not there (a mistyped name, a disk not attached), never a folder to make."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(parent):
+        return
+    if parent == "/dev" or parent.startswith("/dev/"):
+        raise InvalidArgument(f"{path}: there is no folder {parent} (is the device attached?)")
+    missing, p = [], parent
+    while not os.path.isdir(p) and p != os.path.dirname(p):
+        missing.append(p)
+        p = os.path.dirname(p)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        for made in reversed(missing):
+            _fsync_dir(made)  # (its entry in the folder above)
+    except OSError as exc:
+        raise InvalidArgument(f"{path}: cannot make the folder {parent} ({exc.strerror})") from None
 
 
 def _fsync_dir(path: str) -> None:

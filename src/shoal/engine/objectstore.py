@@ -34,7 +34,7 @@ import crc32c
 
 from shoal.engine.blockstore import BlockStore, physical_block, while_writing
 from shoal.engine.commit import GroupCommitter, Outcome, Piece, committed
-from shoal.engine.device import BlockDevice
+from shoal.engine.device import BlockDevice, make_parent
 from shoal.engine.freelist import Extent, FreeList
 from shoal.engine.keys import Hasher, KeyGen, ObjKey
 from shoal.engine.keystore import (
@@ -502,8 +502,10 @@ class ObjectStore:
         sparse: bool = False,
     ) -> ObjectStore:
         """Make a new, empty store on `device` (a file, created with `size` if new, or a block
-        device) with its KeyStore at `keys`."""
-        keys = keys or default_keys_path(device)
+        device) with its KeyStore at `keys`; missing folders above either file are made."""
+        if keys:  # (before the device is touched: a bad --keys changes nothing)
+            make_parent(keys)
+        keys = keys or default_keys_path(device)  # (beside the device: made with it)
         if os.path.exists(keys) and not force:
             raise InvalidArgument(f"key store {keys} already exists; use --force to replace it")
         dev = BlockDevice.format(device, size, force=force, sparse=sparse)
