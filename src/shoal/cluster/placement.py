@@ -17,18 +17,23 @@ that sorts first. numpy does the arithmetic for a whole table of PGs at once; `r
 is the same rule written plainly, and the tests hold the two to each other.
 
 stable_mod is Ceph's: when pg_num grows, a PG's objects either stay or move to one new PG.
+
+Every PG of a pool gets min(replicas, D) daemons, D being the failure domains among the
+daemons it may use (`failure_domains`): a pool is either placed in full or short everywhere,
+and `shortfall` says which, and why, in words.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from typing import Any
 
 import blake3
 import numpy as np
 
-from shoal.cluster.map import ClusterMap, Pool
+from shoal.cluster.map import ClusterMap, DaemonInfo, Pool
 
 M64 = (1 << 64) - 1
 _FRAC = 24  # fractional bits of the fixed-point log2
@@ -144,7 +149,7 @@ class PoolPlacement:
 
     def __init__(self, cmap: ClusterMap, pool: Pool) -> None:
         self.epoch, self.pool = cmap.epoch, pool
-        cands = [d for d in cmap.candidates(pool) if d.weight > 0]
+        cands = usable(cmap, pool)
         self.ids = np.array([d.id for d in cands], dtype=np.uint64)
         self.weights = np.array([d.weight for d in cands], dtype=np.int64)
         self._id_list = [d.id for d in cands]
@@ -208,6 +213,153 @@ class PoolPlacement:
         chosen = np.take_along_axis(first, top, axis=1)
         result: np.ndarray[Any, np.dtype[np.int64]] = cols[chosen]
         return result
+
+
+# -- can a pool be placed? ----------------------------------------------------------------------
+
+_NAMES_SHOWN = 5  # failure domains named in a message, at most
+
+
+def usable(cmap: ClusterMap, pool: Pool) -> list[DaemonInfo]:
+    """The daemons placement chooses among for `pool`: its daemons (every daemon, if it names
+    none) that are in and weigh more than 0, by id."""
+    return [d for d in cmap.candidates(pool) if d.weight > 0]
+
+
+def domain_of(pool: Pool, d: DaemonInfo) -> str:
+    return d.host if pool.failure_domain == "host" else str(d.id)
+
+
+def failure_domains(cmap: ClusterMap, pool: Pool) -> dict[str, tuple[int, ...]]:
+    """The failure domains placement has for `pool` under `cmap`, each with its daemons' ids:
+    hosts by name (or, for failure domain "daemon", each usable daemon its own)."""
+    out: dict[str, list[int]] = {}
+    for d in usable(cmap, pool):
+        out.setdefault(domain_of(pool, d), []).append(d.id)
+    items = sorted(out.items()) if pool.failure_domain == "host" else out.items()  # (daemons by id)
+    return {k: tuple(v) for k, v in items}
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_NAMES_SHOWN])
+    return shown + (
+        f", ... ({len(names) - _NAMES_SHOWN} more)" if len(names) > _NAMES_SHOWN else ""
+    )
+
+
+def _ids(ids: tuple[int, ...]) -> str:
+    return f"{'daemon' if len(ids) == 1 else 'daemons'} {', '.join(map(str, ids))}"
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """A pool whose PGs cannot each have `replicas` daemons on distinct failure domains: each
+    gets `len(domains)` daemons instead (none when there are none)."""
+
+    pool: Pool
+    domains: tuple[str, ...]  # the failure domains placement has for the pool
+    usable: int  # the daemons it may use (in, weight > 0)
+    out: int  # the registered daemons it would use but for being out
+    weigh_0: int  # ... that are in but weigh 0
+    idle: tuple[int, ...] = ()  # of those out, one per failure domain it lacks
+    weightless: tuple[int, ...] = ()  # of those that weigh 0, one per failure domain it lacks
+
+    @property
+    def unit(self) -> str:
+        return self.pool.failure_domain  # "host" or "daemon"
+
+    @property
+    def per_pg(self) -> int:
+        """Daemons in each PG's acting set."""
+        return len(self.domains)
+
+    @property
+    def inactive(self) -> bool:
+        """Too few even for min_size: the pool takes no writes at all."""
+        return self.per_pg < self.pool.min_size
+
+    def why(self) -> str:
+        """The cause in one sentence: "3 replicas need 3 hosts, and the cluster's 3 daemons
+        are on 1 host (x)"."""
+        r, unit, n = self.pool.replicas, self.unit, self.usable
+        owner = "the pool" if self.pool.daemons else "the cluster"
+        need = f"{_plural(r, 'replica')} need{'s' if r == 1 else ''} {_plural(r, unit)}"
+        unused = [f"{self.out} {'is' if self.out == 1 else 'are'} out"] if self.out else []
+        if self.weigh_0:
+            unused.append(f"{self.weigh_0} weigh{'s' if self.weigh_0 == 1 else ''} 0")
+        if n == 0:
+            if not unused and self.pool.daemons:
+                gone = ", ".join(map(str, self.pool.daemons))
+                return f"{need}, and the pool's daemons ({gone}) have been removed"
+            if not unused:
+                return f"{need}, and no daemon has registered yet"
+            return f"{need}, and no daemon of {owner} can hold data ({', '.join(unused)})"
+        names = _names(list(self.domains))
+        that = " that can hold data" if unused else ""
+        if unit == "host":
+            have = (f"{owner}'s {_plural(n, 'daemon')}{that} {'is' if n == 1 else 'are'} on "
+                    f"{_plural(len(self.domains), 'host')} ({names})")  # fmt: skip
+        else:
+            have = f"{owner} has {_plural(n, 'daemon')}{that} ({names})"
+        return f"{need}, and {have}" + (f"; of the others {', '.join(unused)}" if unused else "")
+
+    def status_line(self) -> str:
+        """For `shoal status`: "pool photos takes no writes: its 256 pgs have 1 daemon each
+        (min_size 2), as 3 replicas need 3 hosts, and the cluster's 3 daemons are on 1 host
+        (x)"."""
+        p, n = self.pool, self.per_pg
+        what = ("takes no writes" if self.inactive
+                else f"keeps {n} {'copy' if n == 1 else 'copies'}, not {p.replicas}")  # fmt: skip
+        each = f"{_plural(n, 'daemon')} each" if n else "no daemon"
+        has = f"its {p.pg_num} pgs have {each} (min_size {p.min_size})"
+        return f"pool {p.name} {what}: {has}, as {self.why()}"
+
+    def remedy(self) -> str:
+        """What the maker of the pool can do instead, in one clause."""
+        if self.usable + self.out + self.weigh_0 == 0:
+            return "start the daemons first (`shoal daemon ls` lists those registered)"
+        ways = []
+        if self.idle:
+            ways.append(f"bring {_ids(self.idle)} in (`shoal daemon in`)")
+        if self.weightless:
+            ways.append(f"give {_ids(self.weightless)} a weight (`shoal daemon reweight`)")
+        if self.unit == "host" and self.usable >= self.pool.replicas:
+            ways.append("use --failure-domain daemon")
+        if self.per_pg:
+            ways.append(f"use --replicas {self.per_pg}")
+        if self.pool.daemons:
+            ways.append(f"give more daemons (--daemons) on more {self.unit}s"
+                        if self.unit == "host" else "give more daemons (--daemons)")  # fmt: skip
+        else:
+            ways.append("start daemons on more hosts" if self.unit == "host"
+                        else "start more daemons")  # fmt: skip
+        return ", ".join(ways[:-1]) + (", or " if len(ways) > 1 else "") + ways[-1]
+
+
+def shortfall(cmap: ClusterMap, pool: Pool) -> Shortfall | None:
+    """None when every PG of `pool` gets `replicas` daemons on distinct failure domains under
+    `cmap`; otherwise what it gets, and why."""
+    domains = failure_domains(cmap, pool)
+    if len(domains) >= pool.replicas:
+        return None
+    named = set(pool.daemons) if pool.daemons else None
+    ok = {d.id for d in usable(cmap, pool)}
+    unused = [d for i, d in sorted(cmap.daemons.items())
+              if i not in ok and (named is None or i in named)]  # fmt: skip
+    idle: list[int] = []
+    weightless: list[int] = []
+    new = set(domains)
+    for d in unused:
+        if domain_of(pool, d) not in new:
+            new.add(domain_of(pool, d))
+            (weightless if d.in_ else idle).append(d.id)
+    out = sum(1 for d in unused if not d.in_)
+    return Shortfall(pool, tuple(domains), len(ok), out, len(unused) - out, tuple(idle),
+                     tuple(weightless))  # fmt: skip
 
 
 def reference_acting(cmap: ClusterMap, pool: Pool, pg: int) -> tuple[int, ...]:
