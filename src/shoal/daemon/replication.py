@@ -46,7 +46,7 @@ import numpy as np
 from shoal.client.client import AsyncClient
 from shoal.cluster.auth import issue
 from shoal.cluster.map import ClusterMap, Pool
-from shoal.cluster.placement import Placer, pg_of
+from shoal.cluster.placement import Placer, pg_of, shortfall
 from shoal.daemon.membership import Membership
 from shoal.engine import Record
 from shoal.engine.keystore import check_name
@@ -81,6 +81,10 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout):
             await event.wait()
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _pool_of(namespace: str) -> str:
@@ -254,6 +258,14 @@ class Replication:
             raise Unavailable(
                 f"daemon {me} is not the primary of {namespace}/{name} at map epoch {m.epoch} "
                 f"(its daemons are {list(acting)})"
+            )
+        if len(up) < pool.min_size and len(acting) < pool.replicas:
+            short = shortfall(m, pool)  # (not None: acting sets are short only for this)
+            why = short.why() if short is not None else "placement found too few daemons"
+            raise Unavailable(
+                f"{namespace}/{name}: pg {pool.id}.{pg_of(pool, pool.name, name):x} of pool "
+                f"{pool.name} maps to {_count(len(acting), 'daemon')}, fewer than its min_size "
+                f"{pool.min_size}, as {why}: writes are refused"
             )
         if len(up) < pool.min_size:
             raise Unavailable(

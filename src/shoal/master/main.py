@@ -36,6 +36,7 @@ class MasterConfig:
     down_after: float = 6.0
     out_after: float = 60.0
     ticket_ttl: float = 3600.0
+    failure_domain: str = "host"  # of a pool made without one ("daemon": `shoal up`'s one host)
 
 
 async def serve(cfg: MasterConfig) -> None:
@@ -59,7 +60,7 @@ async def serve(cfg: MasterConfig) -> None:
         )
     master = Master(
         state, heartbeat=cfg.heartbeat, down_after=cfg.down_after, out_after=cfg.out_after,
-        ticket_ttl=cfg.ticket_ttl,
+        ticket_ttl=cfg.ticket_ttl, failure_domain=cfg.failure_domain,
     )  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from shoal.cluster.auth import Ticket, check_rights, issue, secret_matches, verify
-from shoal.cluster.map import WEIGHT_ONE, ClusterMap, DaemonInfo, Pool, diff
-from shoal.cluster.placement import PoolPlacement
+from shoal.cluster.map import FAILURE_DOMAINS, WEIGHT_ONE, ClusterMap, DaemonInfo, Pool, diff
+from shoal.cluster.placement import PoolPlacement, shortfall
 from shoal.errors import Forbidden, InvalidArgument, NotAuthenticated, NotFound, ShoalError
 from shoal.master.recovery import RecoveryReports
 from shoal.master.state import MasterState
@@ -63,7 +63,14 @@ class Master:
         down_after: float = 6.0,
         out_after: float = 60.0,
         ticket_ttl: float = 3600.0,
+        failure_domain: str = "host",
     ) -> None:
+        if failure_domain not in FAILURE_DOMAINS:
+            raise InvalidArgument(
+                f"failure domain must be one of {', '.join(FAILURE_DOMAINS)}, "
+                f"not {failure_domain!r}"
+            )
+        self.failure_domain = failure_domain  # of a pool made without one
         self.state = state
         self.map = state.latest()
         self.heartbeat, self.down_after, self.out_after = heartbeat, down_after, out_after
@@ -277,6 +284,19 @@ class Master:
         return out
 
     async def pool_create(self, a: dict[str, Any]) -> dict[str, Any]:
+        """A new pool (its failure domain the master's `failure_domain` unless given).
+
+        Refused unless it can be placed in full now: `replicas` daemons on distinct failure
+        domains (hosts, or daemons) among the daemons it may use (those it names, or all)
+        that are registered and in. The master cannot know which daemons are still to come,
+        so the rule is about the cluster as it is, and it is `replicas`, not min_size: a pool
+        made on fewer domains would keep fewer copies than it was made for, or (below
+        min_size) take no writes at all, and say so only in `shoal status`. Whoever builds a
+        cluster by hand makes pools once its daemons have registered (`shoal daemon ls`),
+        and a refused `pool create` can simply be run again then; `shoal up`'s master, whose
+        daemons all run on one host, makes pools with failure domain daemon by default. A
+        pool that loses failure domains later (a host taken out) stays, short: `status`
+        says why."""
         m = self.map
         name = str(a.get("name", ""))
         if name in m.pools:
@@ -286,20 +306,15 @@ class Master:
         unknown = [i for i in daemons if i not in m.daemons]
         if unknown:
             raise InvalidArgument(f"no daemon {', '.join(map(str, unknown))} (`shoal daemon ls`)")
-        domain = str(a.get("failure_domain", "host"))
-        if daemons:
-            hosts = {m.daemons[i].host for i in daemons} if domain == "host" else set(daemons)
-            if len(hosts) < replicas:
-                where = "hosts" if domain == "host" else "daemons"
-                raise InvalidArgument(
-                    f"{replicas} replicas need {replicas} {where} (the failure domain) among "
-                    f"the daemons given; {', '.join(map(str, daemons))} are on {len(hosts)}"
-                )
         pool = Pool(
             m.next_pool_id(), name, replicas,
             int(a.get("min_size") or max(1, replicas - replicas // 2)),
-            int(a.get("pg_num", 128)), str(a.get("failure_domain", "host")), daemons,
+            int(a.get("pg_num", 128)), str(a.get("failure_domain") or self.failure_domain),
+            daemons,
         )  # fmt: skip
+        short = shortfall(m, pool)
+        if short is not None:
+            raise InvalidArgument(f"pool {name}: {short.why()}; {short.remedy()}")
         await self.commit(m.with_pool(pool), f"pool {name} created")
         return {"pool": pool.to_dict(), "epoch": self.map.epoch}
 
@@ -367,9 +382,10 @@ class Master:
         m = self.map
         ds = m.daemons.values()
         pools, states = [], {"active+clean": 0, "active+degraded": 0, "inactive": 0}
+        problems = []  # one line each: why PGs are short, where placement is the cause
+        up = {i for i, d in m.daemons.items() if d.up}
         for p in sorted(m.pools.values(), key=lambda p: p.name):
             table = PoolPlacement(m, p).table()
-            up = {i for i, d in m.daemons.items() if d.up}
             for row in table:
                 have = sum(1 for x in row if x >= 0 and int(x) in up)
                 key = (
@@ -379,6 +395,9 @@ class Master:
                 )  # fmt: skip
                 states[key] += 1
             pools.append(p.to_dict())
+            short = shortfall(m, p)
+            if short is not None:
+                problems.append(short.status_line())
         usage = [self.usage.get(d.id, (d.capacity, d.used)) for d in ds if d.up]
         recovery, scrub = self.recovery.summary(m)
         return {
@@ -390,6 +409,7 @@ class Master:
             "in": sum(1 for d in ds if d.in_),
             "pools": pools,
             "pgs": {k: v for k, v in states.items() if v},
+            "problems": problems,
             "capacity": sum(c for c, _ in usage),
             "used": sum(u for _, u in usage),
         }
