@@ -362,9 +362,7 @@ class Bench:
 
     def meter(self) -> Meter:
         procs = {f"gateway:{g.name}": g.pid for g in self.gw.values()}
-        procs.update({f"daemon{i}": d.proc.pid for i, d in enumerate(self.cluster.daemons)})
-        assert self.cluster.master is not None
-        procs["master"] = self.cluster.master.pid
+        procs.update({c.name: c.proc.pid for c in self.cluster.sup.children if c.proc})
         procs["nginx"] = self.ngx.proc.pid
         return Meter(procs)
 
@@ -714,8 +712,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             codes[f"gateway {name}"] = g.stop()
         if cluster is not None:
             cluster.stop()
-            codes.update({f"daemon{i}": d.proc.returncode for i, d in enumerate(cluster.daemons)})
-            codes["master"] = cluster.master.returncode if cluster.master else None
+            codes.update({c.name: c.proc.returncode for c in cluster.sup.children if c.proc})
             logs = log_summary(work)
         if ngx is not None:
             codes["nginx"] = ngx.stop()

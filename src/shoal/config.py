@@ -21,6 +21,7 @@ from shoal.errors import InvalidArgument
 
 CONFIG_NAME = "client.json"
 DEFAULT_DATA = "shoal-data"
+STATUS_NAME = "up.json"  # beside the config: what `shoal up` says of its processes
 
 
 @dataclass(frozen=True)
@@ -115,3 +116,16 @@ def find_config(options: Any = None, env: Mapping[str, str] | None = None) -> Cl
             "(or SHOAL_ACCESS_KEY and SHOAL_SECRET_KEY, or a client config)"
         )
     return ClusterConfig(master, access, secret, ca or file.get("ca_cert"))
+
+
+def local_processes(config: Path | None) -> dict[str, Any] | None:
+    """What the `shoal up` that wrote `config` says of its processes (DATA/up.json), while it
+    runs; None otherwise."""
+    if config is None:
+        return None
+    try:
+        doc = json.loads((config.parent / STATUS_NAME).read_text())
+        os.kill(int(doc["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return doc if isinstance(doc, dict) else None

@@ -1,141 +1,411 @@
-"""`shoal up`: a whole local cluster for a new user, in one command.
+"""`shoal up`: a whole local cluster for a new user, in one command, kept running.
 
     shoal up [--data shoal-data] [--daemons 3] [--size 4G] [--base-port 4140] [--http-port 3000]
 
 starts a master, N daemons (one folder each under --data) and the HTTP gateway (minikeyvalue's
-API over the pool `default` on 127.0.0.1:3000, its index in DATA/index.db, its request log
-in DATA/http.log), with TLS on between them: a CA and the
-certificates of every node are made on the first start (DATA/tls). On the first start the
-master makes an admin key, printed once, and `shoal up` writes DATA/client.json (mode 0600):
-the master's address, that key and the CA, which the `shoal` command reads from
-./shoal-data/client.json, so that `shoal write NAME --data-literal hi` just works from there.
-It also makes the pool `default` (replicas min(3, N), failure domain daemon: all the daemons
-are on this machine). Ctrl-C stops the daemons, then the master; everything is kept for the
-next `shoal up`.
+API over the pool `default` on 127.0.0.1:3000, its index in DATA/index.db, its request log in
+DATA/http.log), with TLS on between them: a CA and the certificates of every node are made on
+the first start (DATA/tls). The admin key is made by `shoal up` itself and written to
+DATA/client.json (mode 0600) before the master first starts (the master takes it from there),
+so a first start that fails for any reason loses nothing and can simply be run again. The
+`shoal` command reads that config from ./shoal-data/client.json, or, from any other folder,
+through ~/.config/shoal/last-up. It also makes the pool `default` (replicas min(3, N), failure
+domain daemon: all the daemons are on this machine).
+
+It is a supervisor, not a fuse: a child that dies (kill -9, a crash, OOM) is reported, the
+others serve on, a dead daemon is marked down at once (so writes go to the others of its sets
+without waiting for missed heartbeats), and the child is started again on the same ports
+after a backoff (1 s, doubling to 30 s), as systemd's Restart=on-failure does. A child that
+keeps dying at start (5 times in a row, each within 30 s of its start) is left down, with the
+end of its log as the reason; so is one that exits cleanly (status 0) by itself. DATA/up.json
+says what each process is doing, and `shoal status` shows it. The children end with `shoal
+up` however it ends (SIGKILL included: shoal.parent), and Ctrl-C stops the gateway, the
+daemons, then the master; everything is kept for the next `shoal up`.
 
 Ports: the master listens on BASE (daemons) and BASE+1 (clients); daemon i on BASE+10+2i
 (native), BASE+11+2i (HTTP) and BASE+40+i (other daemons, mutual TLS: replication and
 recovery); the gateway on --http-port (3000; -1: none). --base-port 0 takes free ports,
-the gateway's too unless --http-port is given (the config is rewritten at every start).
+the gateway's too unless --http-port is given (the config is rewritten at every start); a
+restarted child gets the ports it had.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shoal.certs import issue
-from shoal.config import CONFIG_NAME, ClusterConfig, write_config
-from shoal.daemon.process import DaemonProcess, read_until, spawn
+from shoal.cluster.auth import new_key
+from shoal.config import (
+    CONFIG_NAME,
+    STATUS_NAME,
+    ClusterConfig,
+    find_config,
+    read_config,
+    remember_up,
+    write_config,
+)
 from shoal.errors import InvalidArgument, ShoalError
+from shoal.parent import child_env
 
-_LISTEN = re.compile(r"listening on (\S+) \(peer\), (\S+) \(client\)")
-_ADMIN = re.compile(r"admin key: (\S+) (\S+)")
+_MASTER = re.compile(r"listening on (\S+) \(peer\), (\S+) \(client\)")
+_DAEMON = re.compile(r"listening on (\S+) \(native\), (\S+) \(peer\), (\S+) \(http\)")
 _HTTP = re.compile(r"shoal http listening on (\S+)")
 
-
-def _start(
-    cmd: list[str], log: Path, ready: re.Pattern[str], what: str
-) -> tuple[subprocess.Popen[bytes], re.Match[str], str]:
-    """Start a child (its stderr to `log`) and wait until its stdout says `ready`: the child,
-    the match and all it printed."""
-    with open(log, "ab") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
-    out = read_until(proc, lambda o: bool(ready.search(o.decode(errors="replace"))), 30.0)
-    text = out.decode(errors="replace")
-    m = ready.search(text)
-    if m is None:
-        _stop(proc)
-        tail = log.read_text(errors="replace")[-3000:]
-        raise ShoalError(f"{what} did not start:\n{text}{tail}")
-    return proc, m, text
+START_TIMEOUT = 60.0  # a child that has not said it listens by then has failed to start
+STABLE = 30.0  # a child that ran this long before dying was not failing at start
+TRIES = 5  # consecutive failures at start before a child is left down
+BACKOFF = (1.0, 30.0)  # first delay, longest delay
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, and SIGKILL if it is still there 20 s later."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+@dataclass
+class Child:
+    """One supervised process: how to start it, and what it is doing now."""
+
+    name: str
+    argv: Callable[[], list[str]]  # the command line (it may change once ports are known)
+    log: Path
+    ready: re.Pattern[str]
+    on_ready: Callable[[re.Match[str]], None] = lambda m: None
+    on_exit: Callable[[], None] = lambda: None
+    proc: subprocess.Popen[bytes] | None = None
+    state: str = "new"  # starting, up, restarting (waiting to), down (left), stopped
+    out: bytes = b""
+    started: float = 0.0
+    since: float = field(default_factory=time.time)
+    failures: int = 0  # consecutive
+    restarts: int = 0
+    next_start: float = 0.0
+    last_exit: str = ""
+    reason: str = ""
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "state": self.state, "restarts": self.restarts,
+            "pid": self.proc.pid if self.proc is not None and self.state in ("up", "starting")
+            else None,
+            "since": self.since, "last_exit": self.last_exit, "reason": self.reason,
+            "log": str(self.log),
+        }  # fmt: skip
+
+
+def _how(code: int) -> str:
+    if code < 0:
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _tail(path: Path, lines: int = 6) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join("    " + line for line in text.rstrip().splitlines()[-lines:])
+
+
+class Supervisor:
+    """Starts children, watches them (`step`, called every fraction of a second), restarts them
+    with a backoff and says what happens on stderr and in a status file."""
+
+    def __init__(self, status_path: Path, say: Callable[[str], None]) -> None:
+        self.children: list[Child] = []
+        self.status_path = status_path
+        self.say = say
+        self.stopping = False
+
+    def add(self, child: Child) -> Child:
+        self.children.append(child)
+        return child
+
+    def spawn(self, c: Child) -> None:
+        with open(c.log, "ab") as err:
+            c.proc = subprocess.Popen(
+                c.argv(), stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
+                env=child_env(),
+            )  # fmt: skip
+        assert c.proc.stdout is not None
+        os.set_blocking(c.proc.stdout.fileno(), False)
+        c.state, c.out, c.started, c.since = "starting", b"", time.monotonic(), time.time()
+        self.write_status()
+
+    def _read(self, c: Child) -> bytes:
+        """What the child printed since the last look (its stdout goes to its log once up)."""
+        assert c.proc is not None and c.proc.stdout is not None
+        got = b""
+        with contextlib.suppress(BlockingIOError, ValueError):
+            while chunk := os.read(c.proc.stdout.fileno(), 65536):
+                got += chunk
+        return got
+
+    def step(self) -> None:
+        now = time.monotonic()
+        for c in self.children:
+            if c.state == "starting":
+                self._starting(c, now)
+            elif c.state == "up":
+                assert c.proc is not None
+                extra = self._read(c)
+                if extra:
+                    with open(c.log, "ab") as f:
+                        f.write(extra)
+                if c.proc.poll() is not None:
+                    self._ended(c, _how(c.proc.returncode), now, c.proc.returncode == 0)
+            elif c.state == "restarting" and now >= c.next_start and not self.stopping:
+                c.restarts += 1
+                self.spawn(c)
+
+    def _starting(self, c: Child, now: float) -> None:
+        assert c.proc is not None
+        c.out += self._read(c)
+        m = c.ready.search(c.out.decode(errors="replace"))
+        if m is not None:
+            c.state, c.since = "up", time.time()
+            if c.restarts:
+                self.say(f"{c.name} is back (pid {c.proc.pid})")
+            c.on_ready(m)
+            self.write_status()
+        elif c.proc.poll() is not None:
+            self._ended(c, _how(c.proc.returncode) + " before it was ready", now, False)
+        elif now - c.started > START_TIMEOUT:
+            c.proc.kill()
+            c.proc.wait()
+            self._ended(c, f"did not start within {START_TIMEOUT:g} s", now, False)
+
+    def _ended(self, c: Child, how: str, now: float, clean: bool) -> None:
+        assert c.proc is not None
+        if c.proc.stdout is not None:
+            c.proc.stdout.close()
+        c.last_exit, c.since = how, time.time()
+        c.on_exit()
+        if self.stopping:
+            c.state = "stopped"
+            return
+        c.failures = c.failures + 1 if now - c.started < STABLE else 1
+        if clean:
+            c.state, c.reason = "down", f"{how} by itself; not restarted"
+            self.say(f"{c.name} (pid {c.proc.pid}) {how} by itself; left down (Ctrl-C and "
+                     "`shoal up` again to start it)")  # fmt: skip
+        elif c.failures >= TRIES:
+            c.state = "down"
+            c.reason = f"{how}; failed {c.failures} times in a row at start; see {c.log}"
+            self.say(f"{c.name} {how}, and failed {c.failures} times in a row at start: left "
+                     f"down. The end of {c.log}:\n{_tail(c.log)}")  # fmt: skip
+        else:
+            delay = min(BACKOFF[0] * 2 ** (c.failures - 1), BACKOFF[1])
+            c.state, c.next_start, c.reason = "restarting", now + delay, how
+            self.say(f"{c.name} (pid {c.proc.pid}) {how}; the others serve on; starting it "
+                     f"again in {delay:g} s (see {c.log})")  # fmt: skip
+        self.write_status()
+
+    def wait_ready(self, children: list[Child], stop: Callable[[], bool]) -> None:
+        """Step until every one of `children` is up; ShoalError if one is left down."""
+        while True:
+            self.step()
+            failed = [c for c in children if c.state in ("down", "restarting")]
+            if failed:  # (at a first start, one try: the cause is most likely still there)
+                c = failed[0]
+                raise ShoalError(f"{c.name} did not start: it {c.last_exit}\n{_tail(c.log, 12)}")
+            if all(c.state == "up" for c in children) or stop():
+                return
+            time.sleep(0.05)
+
+    def stop(self, order: list[list[Child]]) -> None:
+        """Stop the children, one group after the other (SIGTERM, SIGKILL after 20 s)."""
+        self.stopping = True
+        for group in order:
+            live = [c for c in group if c.proc is not None and c.proc.poll() is None]
+            for c in live:
+                assert c.proc is not None
+                c.proc.send_signal(signal.SIGTERM)
+            for c in live:
+                assert c.proc is not None
+                try:
+                    c.proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    c.proc.kill()
+                    c.proc.wait()
+            for c in group:
+                if c.proc is not None and c.proc.stdout is not None:
+                    c.proc.stdout.close()
+                c.state = "stopped"
+        self.write_status()
+
+    def write_status(self) -> None:
+        doc = {"pid": os.getpid(), "updated": time.time(),
+               "processes": [c.status() for c in self.children]}  # fmt: skip
+        tmp = self.status_path.with_name(self.status_path.name + ".tmp")
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(doc, indent=1) + "\n")
+            os.replace(tmp, self.status_path)
+
+
+def _shoal(*args: str) -> list[str]:
+    return [sys.executable, "-m", "shoal.cli", *args]
 
 
 class LocalCluster:
     def __init__(
-        self, data: Path, daemons: int, size: str, base_port: int, http_port: int | None = None
-    ) -> None:
+        self, data: Path, daemons: int, size: str, base_port: int, http_port: int | None = None,
+        say: Callable[[str], None] | None = None,
+    ) -> None:  # fmt: skip
         if daemons < 1:
             raise InvalidArgument("a cluster needs at least one daemon")
         self.data, self.n, self.size, self.base = data, daemons, size, base_port
         self.http_port = (3000 if base_port else 0) if http_port is None else http_port
-        self.master: subprocess.Popen[bytes] | None = None
-        self.http: subprocess.Popen[bytes] | None = None
         self.http_address = ""
-        self.daemons: list[DaemonProcess] = []
         self.tls = data / "tls"
+        self.config_path = data / CONFIG_NAME
+        self.sup = Supervisor(data / STATUS_NAME, say or (lambda text: None))
+        self.master_peer = f"127.0.0.1:{self._port(0)}"
+        self.master_client = f"127.0.0.1:{self._port(1)}"
+        self.cfg: ClusterConfig | None = None
+        self.master: Child | None = None
+        self.daemons: list[Child] = []
+        self.daemon_ids: dict[int, int] = {}  # daemon i (its folder) -> its id in the map
+        self.http: Child | None = None
 
     def _port(self, offset: int) -> int:
         return self.base + offset if self.base else 0
 
-    def start(self) -> ClusterConfig:
+    # -- starting ------------------------------------------------------------------------
+
+    def _admin_key(self) -> None:
+        """Make the admin key and keep it in the config before the master first starts."""
+        master_db = self.data / "master" / "master.db"
+        if self.config_path.exists():
+            return
+        if master_db.exists():
+            raise ShoalError(
+                f"{self.config_path} is gone, and with it the admin key of the cluster in "
+                f"{self.data}; without it this cluster cannot be administered (move "
+                f"{self.data} away to start a new one)"
+            )
+        access, secret = new_key()
+        write_config(self.config_path, ClusterConfig("", access, secret, self._ca()))
+        print(f"admin key (shown once; also in {self.config_path}, mode 0600):")
+        print(f"  access key: {access}\n  secret key: {secret}", flush=True)
+
+    def _ca(self) -> str:
+        return str((self.tls / "ca.crt").resolve())  # (the config works from any folder)
+
+    def start(self, stop: Callable[[], bool] = lambda: False) -> ClusterConfig:
+        """Start the master and the daemons and wait until each listens; the client config."""
         self.data.mkdir(parents=True, exist_ok=True)
+        _wait_for_previous(self.data)
         tls = self.tls
         issue(tls, "master", [])
         for i in range(self.n):
             issue(tls, f"daemon{i}", [])
-        cmd = [
-            sys.executable, "-m", "shoal.cli", "master", "--dir", str(self.data / "master"),
-            "--peer-address", f"127.0.0.1:{self._port(0)}",
-            "--listen-address", f"127.0.0.1:{self._port(1)}",
-            "--peer-cert", str(tls / "master.crt"), "--peer-key", str(tls / "master.key"),
-            "--peer-ca-cert", str(tls / "ca.crt"),
-            "--listen-cert", str(tls / "master.crt"), "--listen-key", str(tls / "master.key"),
-        ]  # fmt: skip
-        self.master, m, text = _start(cmd, self.data / "master.log", _LISTEN, "the master")
-        peer, client = m.group(1), m.group(2)
-        config_path = self.data / CONFIG_NAME
-        admin = _ADMIN.search(text)
-        if admin is not None:
-            ca = str((tls / "ca.crt").resolve())  # (the config works from any folder)
-            cfg = ClusterConfig(client, admin.group(1), admin.group(2), ca)
-            print(f"admin key (shown once; also in {config_path}, mode 0600):")
-            print(f"  access key: {cfg.access_key}\n  secret key: {cfg.secret}")
-        elif config_path.exists():
-            import json
+        self._admin_key()
 
-            old = json.loads(config_path.read_text())
-            ca = str((tls / "ca.crt").resolve())
-            cfg = ClusterConfig(client, old["access_key"], old["secret_key"], ca)
-        else:
-            self.stop()
-            raise ShoalError(f"{config_path} is gone, and with it the admin key")
-        write_config(config_path, cfg)
-        for i in range(self.n):
-            d = self.data / f"daemon{i}"
-            self.daemons.append(
-                spawn(
-                    d, size=self.size, listen=f"127.0.0.1:{self._port(10 + 2 * i)}",
-                    http=f"127.0.0.1:{self._port(11 + 2 * i)}", log=self.data / f"daemon{i}.log",
-                    extra=["--master", peer, "--peer-address", f"127.0.0.1:{self._port(40 + i)}",
-                           "--peer-cert", str(tls / f"daemon{i}.crt"),
-                           "--peer-key", str(tls / f"daemon{i}.key"),
-                           "--peer-ca-cert", str(tls / "ca.crt")],
-                )
+        def master_argv() -> list[str]:
+            return _shoal(
+                "master", "--dir", str(self.data / "master"),
+                "--peer-address", self.master_peer, "--listen-address", self.master_client,
+                "--peer-cert", str(tls / "master.crt"), "--peer-key", str(tls / "master.key"),
+                "--peer-ca-cert", str(tls / "ca.crt"),
+                "--listen-cert", str(tls / "master.crt"), "--listen-key", str(tls / "master.key"),
+                "--admin-key-file", str(self.config_path),
+                "--failure-domain", "daemon",  # (one machine: any other could never be met)
             )  # fmt: skip
+
+        def master_ready(m: re.Match[str]) -> None:
+            self.master_peer, self.master_client = m.group(1), m.group(2)
+
+        self.master = self.sup.add(
+            Child("master", master_argv, self.data / "master.log", _MASTER, master_ready)
+        )
+        self.sup.spawn(self.master)
+        self.sup.wait_ready([self.master], stop)
+        old = read_config(self.config_path)
+        cfg = ClusterConfig(self.master_client, old["access_key"], old["secret_key"], self._ca())
+        write_config(self.config_path, cfg)
+        self.cfg = cfg
+        for i in range(self.n):
+            self.daemons.append(self.sup.add(self._daemon(i)))
+            self.sup.spawn(self.daemons[-1])
+        self.sup.wait_ready(self.daemons, stop)
         return cfg
+
+    def _daemon(self, i: int) -> Child:
+        ports = [self._port(10 + 2 * i), self._port(11 + 2 * i), self._port(40 + i)]
+        tls = self.tls
+
+        def argv() -> list[str]:
+            return _shoal(
+                "daemon", "--dir", str(self.data / f"daemon{i}"), "--size", self.size,
+                "--listen", f"127.0.0.1:{ports[0]}", "--http", f"127.0.0.1:{ports[1]}",
+                "--master", self.master_peer, "--peer-address", f"127.0.0.1:{ports[2]}",
+                "--peer-cert", str(tls / f"daemon{i}.crt"),
+                "--peer-key", str(tls / f"daemon{i}.key"), "--peer-ca-cert", str(tls / "ca.crt"),
+            )  # fmt: skip
+
+        def ready(m: re.Match[str]) -> None:  # the same ports if it is started again
+            ports[:] = [int(m.group(g).rsplit(":", 1)[1]) for g in (1, 3, 2)]
+
+        def ended() -> None:
+            if not self.sup.stopping:
+                self._mark_down(i, f"daemon{i}")
+
+        (self.data / f"daemon{i}").mkdir(parents=True, exist_ok=True)
+        log = self.data / f"daemon{i}.log"
+        return Child(f"daemon{i}", argv, log, _DAEMON, ready, ended)
+
+    def _mark_down(self, i: int, name: str) -> None:
+        """Tell the master that daemon i's process ended (in the background: the master may
+        be down too)."""
+        cfg = self.cfg
+
+        def go() -> None:
+            import asyncio
+
+            async def call() -> None:
+                from shoal.client.cluster import ClusterClient
+
+                assert cfg is not None
+                c = ClusterClient(cfg.master, cfg.access_key, cfg.secret, ca=cfg.ca)
+                try:
+                    ids = self.daemon_ids or await self._ids(c)
+                    if i in ids:
+                        await c.admin("daemon_down", id=ids[i], why=f"{name}'s process ended")
+                finally:
+                    await c.close()
+
+            with contextlib.suppress(Exception):
+                asyncio.run(asyncio.wait_for(call(), 10.0))
+
+        if cfg is not None:
+            threading.Thread(target=go, name=f"mark-down-{name}", daemon=True).start()
+
+    async def _ids(self, c: Any) -> dict[int, int]:
+        """daemon i -> its id in the map, by the daemons' addresses."""
+        out = await c.admin("daemon_ls")
+        by_address = {d["address"]: int(d["id"]) for d in out["daemons"]}
+        ids = {}
+        for i, child in enumerate(self.daemons):
+            m = child.ready.search(child.out.decode(errors="replace"))
+            if m is not None and m.group(1) in by_address:
+                ids[i] = by_address[m.group(1)]
+        if len(ids) == self.n:
+            self.daemon_ids = ids
+        return ids
 
     def wait_ready(self, cfg: ClusterConfig, timeout: float = 30.0) -> dict[str, Any]:
         """Wait until every daemon is up in the map; make the default pool if there is none."""
-        from shoal.cli.common import run_async
 
         async def go() -> dict[str, Any]:
             import asyncio
@@ -150,9 +420,10 @@ class LocalCluster:
                     if s["up"] >= self.n or time.monotonic() > deadline:
                         break
                     await asyncio.sleep(0.2)
+                await self._ids(c)
                 if not s["pools"]:
                     await c.admin("pool_create", name="default", replicas=min(3, self.n),
-                                  pg_num=128, failure_domain="daemon")  # fmt: skip
+                                  pg_num=128)  # fmt: skip
                 while True:  # every daemon current (caught up with the others) at this map
                     s = await c.admin("status")
                     if not s["recovery"]["recovering"] or time.monotonic() > deadline:
@@ -161,44 +432,110 @@ class LocalCluster:
             finally:
                 await c.close()
 
+        from shoal.cli.common import run_async
+
         status: dict[str, Any] = run_async(go())
         return status
 
-    def start_http(self) -> str:
+    def start_http(self, stop: Callable[[], bool] = lambda: False) -> str:
         """The HTTP gateway over the pool `default` (once the cluster is ready); its address."""
-        cmd = [
-            sys.executable, "-m", "shoal.cli", "http", "--port", str(self.http_port),
-            "--config", str(self.data / CONFIG_NAME),
-            "--index", f"sqlite:///{(self.data / 'index.db').resolve()}",
-            "--log", str(self.data / "http.log"),
-        ]  # fmt: skip
-        what = f"the HTTP gateway (port {self.http_port}; --http-port chooses another)"
-        self.http, m, _ = _start(cmd, self.data / "http.err", _HTTP, what)
-        self.http_address = m.group(1)
+        port = [self.http_port]
+
+        def argv() -> list[str]:
+            return _shoal(
+                "http", "--port", str(port[0]), "--config", str(self.config_path),
+                "--index", f"sqlite:///{(self.data / 'index.db').resolve()}",
+                "--log", str(self.data / "http.log"),
+            )  # fmt: skip
+
+        def ready(m: re.Match[str]) -> None:
+            self.http_address = m.group(1)
+            port[0] = int(self.http_address.rsplit(":", 1)[1])
+
+        self.http = self.sup.add(Child("http", argv, self.data / "http.err", _HTTP, ready))
+        self.sup.spawn(self.http)
+        try:
+            self.sup.wait_ready([self.http], stop)
+        except ShoalError as exc:
+            raise ShoalError(
+                f"the HTTP gateway (port {self.http_port}; --http-port chooses another): {exc}"
+            ) from None
         return self.http_address
 
+    # -- running and stopping ------------------------------------------------------------
+
+    def step(self) -> None:
+        self.sup.step()
+
     def stop(self) -> None:
-        if self.http is not None:
-            _stop(self.http)
-        for d in self.daemons:
-            if d.proc.poll() is None:
-                d.proc.send_signal(signal.SIGTERM)
-        for d in self.daemons:
-            d.stop()
-        if self.master is not None:
-            _stop(self.master)
+        self.sup.stop([[c for c in (self.http,) if c], self.daemons,
+                       [c for c in (self.master,) if c]])  # fmt: skip
 
     def dead(self) -> list[str]:
-        out = [f"daemon{i}" for i, d in enumerate(self.daemons) if d.proc.poll() is not None]
-        if self.master is not None and self.master.poll() is not None:
-            out.append("master")
-        if self.http is not None and self.http.poll() is not None:
-            out.append("the HTTP gateway")
-        return out
+        """The children that are not running now (restarting or left down)."""
+        return [c.name for c in self.sup.children if c.state not in ("up", "starting")]
+
+    def pid(self, name: str) -> int | None:
+        for c in self.sup.children:
+            if c.name == name and c.proc is not None and c.proc.poll() is None:
+                return c.proc.pid
+        return None
+
+
+def _wait_for_previous(data: Path, timeout: float = 30.0) -> None:
+    """Refuse to run beside another `shoal up` on `data`; wait for the children of one that
+    was killed to finish stopping (they got SIGTERM when it died)."""
+    try:
+        doc = json.loads((data / STATUS_NAME).read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(doc, dict):
+        return
+    sup = doc.get("pid")
+    if isinstance(sup, int) and sup != os.getpid() and _is_shoal(sup):
+        raise ShoalError(f"another `shoal up` (pid {sup}) is running on {data}")
+    pids = [p["pid"] for p in doc.get("processes", []) if isinstance(p.get("pid"), int)]
+    deadline = time.monotonic() + timeout
+    while (left := [p for p in pids if _is_shoal(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if left:
+        raise ShoalError(
+            f"processes of an earlier `shoal up` on {data} are still running: "
+            f"{', '.join(map(str, left))}"
+        )
+
+
+def _is_shoal(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"shoal" in cmdline and b"\0zombie" not in cmdline
+
+
+def _try_lines(cluster: LocalCluster, http: str) -> list[str]:
+    """What to try next, as it works from here: with an `export` first when a plain `shoal`
+    command here would not find this cluster."""
+    out = []
+    if http:
+        out.append(f"curl -d bar -X PUT http://{http}/foo && curl -L http://{http}/foo")
+    try:
+        found = find_config(None)
+    except ShoalError:
+        found = None
+    assert cluster.cfg is not None
+    if found is None or found.master != cluster.cfg.master:
+        out.append(f"export SHOAL_CONFIG={cluster.config_path.resolve()}")
+    out.append("shoal write hello --data-literal 'hello world' && shoal read hello")
+    out.append("shoal status")
+    return out
 
 
 def run(data: str, daemons: int, size: str, base_port: int, http_port: int | None = None) -> int:
-    cluster = LocalCluster(Path(data), daemons, size, base_port, http_port)
+    def say(text: str) -> None:
+        print(f"shoal up: {text}", file=sys.stderr, flush=True)
+
+    cluster = LocalCluster(Path(data), daemons, size, base_port, http_port, say=say)
     stop = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -208,26 +545,28 @@ def run(data: str, daemons: int, size: str, base_port: int, http_port: int | Non
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        cfg = cluster.start()
+        cfg = cluster.start(lambda: stop)
+        if stop:
+            return 1
+        remember_up(cluster.config_path)
         s = cluster.wait_ready(cfg)
-        http = cluster.start_http() if cluster.http_port >= 0 else ""
+        http = cluster.start_http(lambda: stop) if cluster.http_port >= 0 else ""
         print(f"shoal is up: master {cfg.master} (TLS), {s['up']} of {s['daemons']} daemons up, "
               f"pools: {', '.join(p['name'] for p in s['pools'])}")  # fmt: skip
         print(f"  data and logs in {data}/; client config {data}/{CONFIG_NAME}")
         if http:
             print(f"  HTTP gateway (minikeyvalue API) on http://{http}/, pool default")
-            print(f"  try:  curl -d bar -X PUT http://{http}/foo && curl -L http://{http}/foo")
-        print("  try:  shoal write hello --data-literal 'hello world' && shoal read hello")
-        print("        shoal status")
+        lines = _try_lines(cluster, http)
+        print("  try:  " + "\n        ".join(lines))
         print("Ctrl-C stops it (everything is kept for the next `shoal up`).", flush=True)
         while not stop:
-            time.sleep(0.2)
-            dead = cluster.dead()
-            if dead and not stop:  # (Ctrl-C reaches the children too: they stop themselves)
-                print(f"shoal up: {', '.join(dead)} exited; see the logs in {data}/",
-                      file=sys.stderr)  # fmt: skip
-                break
+            time.sleep(0.1)
+            cluster.step()
+    except ShoalError as exc:
+        if not stop:
+            raise
+        say(f"stopped while starting: {exc}")
     finally:
-        print("stopping ...", file=sys.stderr, flush=True)
+        say("stopping ...")
         cluster.stop()
-    return 0 if stop else 1
+    return 0

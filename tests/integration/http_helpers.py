@@ -119,7 +119,8 @@ def start_cluster(data: Path) -> tuple[LocalCluster, Gateway]:
         cluster.stop()
         raise
     index = f"sqlite:///{(data / 'index.db').resolve()}"
-    return cluster, Gateway(address, "default", index, data / "http.log", cluster.http)
+    assert cluster.http is not None
+    return cluster, Gateway(address, "default", index, data / "http.log", cluster.http.proc)
 
 
 @contextlib.contextmanager
@@ -137,8 +138,8 @@ def local_cluster(data: Path) -> Iterator[tuple[LocalCluster, Gateway]]:
 def live_stripes(cluster: LocalCluster, key: str, pool: str = "default") -> int:
     """Stripe copies of `key` that are not tombstones, over every daemon's key store."""
     n = 0
-    for d in cluster.daemons:
-        db = sqlite3.connect(f"file:{d.dir / 'keys.db'}?mode=ro", uri=True)
+    for i in range(cluster.n):
+        db = sqlite3.connect(f"file:{cluster.data / f'daemon{i}' / 'keys.db'}?mode=ro", uri=True)
         with contextlib.closing(db):
             (count,) = db.execute(
                 "SELECT count(*) FROM objects WHERE namespace = ?"

@@ -11,6 +11,7 @@ import os
 import re
 import select
 import signal
+import socket
 import stat
 import subprocess
 import time
@@ -46,11 +47,11 @@ class Up:
         self.children: list[int] = []
         self.out = ""
 
-    def start(self, timeout: float = 60.0) -> str:
-        """Start it and wait until it says it is up; what it printed."""
+    def start(self, *extra: str, timeout: float = 60.0, ok: bool = True) -> str:
+        """Start it and wait until it says it is up (or exits, if not `ok`); what it printed."""
         with open(self.cwd / "up.err", "ab") as err:
             self.proc = subprocess.Popen(
-                [*SHOAL, "up", "--base-port", "0", "--size", "256M", "--daemons", "3"],
+                [*SHOAL, "up", "--base-port", "0", "--size", "256M", "--daemons", "3", *extra],
                 cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=err,
                 stdin=subprocess.DEVNULL,
             )  # fmt: skip
@@ -65,6 +66,10 @@ class Up:
             elif self.proc.poll() is not None:
                 break
         self.out = out.decode()
+        if not ok:  # (it is to fail: wait for that)
+            self.proc.wait(timeout=timeout)
+            self.proc.stdout.close()
+            return self.out
         assert "Ctrl-C stops it" in self.out, self.out + self.stderr()
         self.children = children_of(self.proc.pid)
         return self.out
@@ -175,3 +180,70 @@ def test_client_config_works_from_another_folder(up: Up, tmp_path: Path) -> None
         assert p.returncode == 0, p.stderr.decode()
     finally:
         assert up.interrupt() == 0
+
+
+def test_a_failed_first_start_can_be_run_again(up: Up, tmp_path: Path) -> None:
+    """The gateway's port is taken at the first start: `shoal up` fails after the master has
+    its admin key, says which port, and leaves nothing running; once the port is free the next
+    `shoal up` works, with the key the first one showed."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = up.start("--http-port", str(port), ok=False)
+        assert up.proc is not None
+        assert up.proc.returncode == 1
+        err = up.stderr()
+        assert f"port {port}" in err and "--http-port chooses another" in err, err
+        assert pids_under(tmp_path) == [], "a failed start leaves nothing running"
+    key = _KEY.search(out)
+    assert key, out + err  # (shown by the first start, and kept)
+    cfg = json.loads((tmp_path / "shoal-data" / "client.json").read_text())
+    assert (cfg["access_key"], cfg["secret_key"]) == (key[1], key[2])
+
+    out = up.start("--http-port", str(port))
+    assert "admin key" not in out, out
+    p = shoal("status", env=up.env, cwd=tmp_path)  # (with the key of the first start)
+    assert b"HEALTH_OK" in p.stdout
+    assert up.interrupt() == 0
+
+
+def test_a_failed_master_start_can_be_run_again(up: Up, tmp_path: Path) -> None:
+    """The master's own port is taken: the admin key was made before it, and kept."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        base = taken.getsockname()[1]  # the master's peer port is --base-port itself
+        out = up.start("--base-port", str(base), ok=False)
+        assert up.proc is not None
+        assert up.proc.returncode == 1
+        assert "master did not start" in up.stderr(), up.stderr()
+    assert pids_under(tmp_path) == []
+    assert "admin key" in out  # (before the master was tried)
+    out = up.start()
+    assert "admin key" not in out, out
+    assert b"HEALTH_OK" in shoal("status", env=up.env, cwd=tmp_path).stdout
+    assert up.interrupt() == 0
+
+
+def test_the_printed_commands_work_as_printed(up: Up, tmp_path: Path) -> None:
+    """`shoal up --data DIR` from one folder: every "try:" line it prints works from there,
+    as a user pastes it (bash), with no config in that folder."""
+    data = tmp_path / "srv" / "shoal"
+    out = up.start("--data", str(data))
+    tries = re.search(r"  try:  (.*?)\nCtrl-C", out, re.S)
+    assert tries, out
+    lines = [line.strip() for line in tries[1].splitlines()]
+    assert any(line.startswith("shoal write") for line in lines), lines
+    script = "set -e\n" + "\n".join(lines)
+    env = {**up.env, "PATH": f"{Path(SHOAL[0]).parent}:{up.env['PATH']}"}
+    p = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                       timeout=120)  # fmt: skip
+    assert p.returncode == 0, p.stderr.decode()
+    assert b"bar" in p.stdout and b"hello world" in p.stdout, p.stdout
+    assert b"HEALTH_OK" in p.stdout
+    # and from yet another folder, a plain command finds the cluster too
+    other = tmp_path / "other"
+    other.mkdir()
+    assert shoal("read", "hello", env=env, cwd=other).stdout == b"hello world"
+    assert up.interrupt() == 0

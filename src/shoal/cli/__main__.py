@@ -2,6 +2,10 @@
 
 import sys
 
-from shoal.cli import main
+from shoal.parent import die_with_parent
+
+die_with_parent()
+
+from shoal.cli import main  # noqa: E402 - after the child has tied itself to its parent
 
 sys.exit(main())

@@ -31,7 +31,8 @@ def cmd_master(args: argparse.Namespace) -> int:
             peer_cert=args.peer_cert, peer_key=args.peer_key, peer_ca=args.peer_ca_cert,
             listen_cert=args.listen_cert, listen_key=args.listen_key,
             heartbeat=args.heartbeat, down_after=args.down_after, out_after=args.out_after,
-            ticket_ttl=args.ticket_ttl,
+            ticket_ttl=args.ticket_ttl, admin_key_file=args.admin_key_file,
+            failure_domain=args.failure_domain,
         )
     )  # fmt: skip
 
@@ -89,10 +90,34 @@ def cmd_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _processes(doc: dict[str, Any] | None) -> None:
+    """The `shoal up` section of the status: its processes, those not running first."""
+    if doc is None:
+        return
+    procs = doc.get("processes", [])
+    up = sum(1 for p in procs if p["state"] == "up")
+    print(f"  processes (shoal up, pid {doc['pid']}): {up} of {len(procs)} running")
+    for p in procs:
+        if p["state"] != "up":
+            why = p.get("reason") or p.get("last_exit") or ""
+            tries = f", restarted {p['restarts']} times" if p.get("restarts") else ""
+            print(f"    {p['name']}: {p['state']}{': ' + why if why else ''}{tries}")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    s = admin(args, "status")
+    from shoal.config import config_file, local_processes
+    from shoal.errors import ShoalError
+
+    explicit = args.master or os.environ.get("SHOAL_MASTER")
+    config = None if explicit else config_file(args.config)
+    try:
+        s = admin(args, "status")
+    except (ShoalError, OSError):
+        _processes(local_processes(config))  # (the master may be the one being restarted)
+        raise
+    procs = local_processes(config)
     if args.json:
-        print(json.dumps(s, indent=2))
+        print(json.dumps({**s, "processes": procs}, indent=2))
         return 0
     r, sc = s.get("recovery") or {}, s.get("scrub") or {}
     moving = r.get("degraded_objects") or r.get("misplaced_objects") or r.get("recovering")
@@ -107,6 +132,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"    epoch:  {s['epoch']}")
     print("  services:")
     print(f"    daemons: {s['daemons']} daemons: {s['up']} up, {s['in']} in")
+    _processes(procs)
     print("  data:")
     print(f"    pools:   {len(s['pools'])} pools, {pgs} pgs")
     print(f"    usage:   {human(s['used'])} used, {human(s['capacity'] - s['used'])} / "
@@ -229,6 +255,12 @@ def register(top: Any) -> None:
     v.add_argument(
         "--out-after", type=float, default=60.0, help="a daemon down this long is out (s)"
     )
+    v.add_argument("--failure-domain", choices=["host", "daemon"], default="host",
+                   help="of a pool created without one: host (copies on distinct machines) or "
+                   "daemon (one machine: `shoal up`)")  # fmt: skip
+    v.add_argument("--admin-key-file", metavar="FILE",
+                   help="on the first start, take the admin key from this client config "
+                   "(JSON: access_key, secret_key) instead of making one")  # fmt: skip
     v.add_argument("--ticket-ttl", type=float, default=3600.0,
                    help="how long a client's ticket is good for (s)")  # fmt: skip
     v.set_defaults(func=cmd_master)
@@ -239,7 +271,9 @@ def register(top: Any) -> None:
     v.add_argument("--replicas", type=int, default=3)
     v.add_argument("--min-size", type=int, help="default: a majority of the replicas")
     v.add_argument("--pg-num", type=nonneg, default=128)
-    v.add_argument("--failure-domain", choices=["host", "daemon"], default="host")
+    v.add_argument("--failure-domain", choices=["host", "daemon"],
+                   help="copies on distinct hosts or only distinct daemons (default: the "
+                   "master's --failure-domain; host, or daemon under `shoal up`)")  # fmt: skip
     v.add_argument("--daemons", type=_id_list, metavar="ID,ID,...",
                    help="the daemons (disks) it may use (default: every one)")  # fmt: skip
     v.add_argument("--json", action="store_true")

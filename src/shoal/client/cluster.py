@@ -63,6 +63,9 @@ class NoDaemon(ShoalError):
     """No daemon of the object's placement group is up."""
 
 
+MASTER_RETRY = 5.0  # seconds a refused connection to the master is tried again
+
+
 class ClusterClient:
     def __init__(
         self,
@@ -135,12 +138,24 @@ class ClusterClient:
         async with self._opening:  # (two callers must not open two, one of them lost)
             if self._master is None or self._master.closed:
                 host, port = self.master
-                try:
-                    self._master = await Connection.open(host, port, self.timeout, ssl=self.ssl)
-                except (OSError, ssl.SSLError) as exc:
-                    raise ConnectionError(
-                        f"cannot reach the master at {host}:{port}: {exc}"
-                    ) from None
+                # A refused connection is most often a master being restarted (`shoal up`
+                # restarts one within a second or two): try again for a few seconds.
+                deadline, pause = time.monotonic() + MASTER_RETRY, 0.1
+                while True:
+                    try:
+                        self._master = await Connection.open(host, port, self.timeout, ssl=self.ssl)
+                        break
+                    except ConnectionRefusedError as exc:
+                        if time.monotonic() + pause > deadline:
+                            raise ConnectionError(
+                                f"cannot reach the master at {host}:{port}: {exc}"
+                            ) from None
+                        await asyncio.sleep(pause)
+                        pause = min(pause * 2, 1.0)
+                    except (OSError, ssl.SSLError) as exc:
+                        raise ConnectionError(
+                            f"cannot reach the master at {host}:{port}: {exc}"
+                        ) from None
             return self._master
 
     async def _ask(self, op: int, meta: dict[str, Any], timeout: float | None = None) -> Any:

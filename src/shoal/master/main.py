@@ -9,6 +9,7 @@ Prints `shoal master listening on H:P (peer), H:P (client)`; SIGTERM or SIGINT s
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -36,12 +37,19 @@ class MasterConfig:
     down_after: float = 6.0
     out_after: float = 60.0
     ticket_ttl: float = 3600.0
+    # A client config (JSON, as `shoal up` writes) whose key becomes the admin key when the
+    # state has no key yet, instead of a new one printed once: the caller keeps the secret
+    # before the master starts, so no failure of the first start can lose it.
+    admin_key_file: str | None = None
     failure_domain: str = "host"  # of a pool made without one ("daemon": `shoal up`'s one host)
 
 
 async def serve(cfg: MasterConfig) -> None:
     state = MasterState(os.path.join(cfg.dir, "master.db"))
-    if state.created:
+    if cfg.admin_key_file and not state.keys():
+        access, secret = _read_key(cfg.admin_key_file)
+        state.add_key(access, secret, {"*": "rwda"}, f"admin, from {cfg.admin_key_file}")
+    elif state.created:
         access, secret = state.create_key({"*": "rwda"}, "admin, made at the first start")
         print(f"admin key: {access} {secret}", flush=True)
     peer_ssl = client_ssl = None
@@ -75,6 +83,17 @@ async def serve(cfg: MasterConfig) -> None:
     finally:
         await master.close()
         state.close()
+
+
+def _read_key(path: str) -> tuple[str, str]:
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        return str(doc["access_key"]), str(doc["secret_key"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidArgument(
+            f"--admin-key-file {path}: no access_key and secret_key ({exc})"
+        ) from None
 
 
 def run(cfg: MasterConfig) -> int:

@@ -348,6 +348,20 @@ class Master:
     async def daemon_in(self, a: dict[str, Any]) -> dict[str, Any]:
         return await self.daemon_set(a, in_=True)
 
+    async def daemon_down(self, a: dict[str, Any]) -> dict[str, Any]:
+        """Mark a daemon down now, without waiting --down-after for its heartbeats: its
+        supervisor saw its process end (`shoal up` does). A daemon that is in fact alive is
+        up again at its next heartbeat."""
+        d = self.map.daemon(int(a.get("id", -1)))
+        if not d.up:
+            return {"epoch": self.map.epoch}
+        self.down_since[d.id] = time.monotonic()
+        why = str(a.get("why") or "its process ended")
+        await self.commit(
+            self.map.with_daemon(_replace(d, up=False)), f"daemon {d.id} down ({why})"
+        )
+        return {"epoch": self.map.epoch}
+
     async def daemon_reweight(self, a: dict[str, Any]) -> dict[str, Any]:
         w = float(a.get("weight", 0))
         if not 0 <= w <= 1 << 15:
@@ -433,6 +447,7 @@ _ADMIN: dict[str, Callable[[Master, dict[str, Any]], Any]] = {
     "daemon_ls": Master.daemon_ls,
     "daemon_out": Master.daemon_out,
     "daemon_in": Master.daemon_in,
+    "daemon_down": Master.daemon_down,
     "daemon_rm": Master.daemon_rm,
     "daemon_reweight": Master.daemon_reweight,
     "key_create": Master.key_create,

@@ -95,12 +95,15 @@ class MasterState:
 
     def create_key(self, rights: dict[str, str], comment: str = "") -> tuple[str, str]:
         access, secret = new_key()
+        self.add_key(access, secret, rights, comment)
+        return access, secret
+
+    def add_key(self, access: str, secret: str, rights: dict[str, str], comment: str = "") -> None:
         with self.db:
             self.db.execute(
                 "INSERT INTO client_keys VALUES (?, ?, ?, ?, ?)",
                 (access, hash_secret(secret), _pack(check_rights(rights)), time.time(), comment),
             )
-        return access, secret
 
     def key(self, access_key: str) -> tuple[bytes, dict[str, str]] | None:
         row = self.db.execute(
