@@ -5,6 +5,7 @@ own)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -16,11 +17,17 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from shoal.up import LocalCluster
-from tests.integration.cluster_helpers import eventually_sync, shoal, shoal_env
+from tests.integration.cluster_helpers import (
+    TidyClusterClient,
+    eventually_sync,
+    shoal,
+    shoal_env,
+)
 from tests.integration.http_helpers import (
     Gateway,
     local_cluster,
@@ -358,10 +365,11 @@ def test_redirect_mode_sends_reads_to_a_daemon(cluster: tuple[LocalCluster, Gate
         assert gw.put("redir/small", b"small value").status == 201
         r = gw.get("redir/small")
         assert r.status == 302 and r.body == b""
-        daemons = {d.http for d in lc.daemons}
+        listed = Backend("redirect", lc, default_gw, None).shoal("daemon", "ls", "--json")
+        daemons = {d["http_address"] for d in json.loads(listed.stdout)}
         location = r.headers["location"]
         assert location.startswith("http://") and location.split("/")[2] in daemons, location
-        assert location.endswith("/default/redir/small")
+        assert urlsplit(location).path == "/default/redir/small"  # (and a signature)
         assert gw.get("redir/small", "-L").body == b"small value"
         assert gw.get("redir/small", "-L", "-r", "6-10").body == b"value"
         big = os.urandom(BIG)
@@ -371,6 +379,22 @@ def test_redirect_mode_sends_reads_to_a_daemon(cluster: tuple[LocalCluster, Gate
         assert gw.get("redir/none").status == 404
     finally:
         gw.stop()
+
+
+def _signed_queries(lc: LocalCluster, pool: str, names: list[str]) -> dict[str, str]:
+    """Signed read URLs' query strings (a daemon's endpoint serves no other), by name."""
+    cfg = json.loads((lc.data / "client.json").read_text())
+
+    async def go() -> dict[str, str]:
+        c = TidyClusterClient(cfg["master"], cfg["access_key"], cfg["secret_key"],
+                              ca=cfg["ca_cert"])  # fmt: skip
+        try:
+            await c.connect()
+            return {n: await c.sign_read(pool, n) for n in names}
+        finally:
+            await c.close()
+
+    return asyncio.run(go())
 
 
 def test_a_pool_on_chosen_disks(cluster: tuple[LocalCluster, Gateway]) -> None:
@@ -393,7 +417,12 @@ def test_a_pool_on_chosen_disks(cluster: tuple[LocalCluster, Gateway]) -> None:
         for i in range(20):
             assert gw.put(f"k{i}", f"v{i}".encode()).status == 201
         assert len(gw.keys()) == 20
-        folder = {p.address: p.dir for p in lc.daemons}
+        folder = {}  # a daemon's address: its folder
+        for i, child in enumerate(lc.daemons):
+            m = child.ready.search(child.out.decode(errors="replace"))
+            assert m is not None, child.out
+            folder[m.group(1)] = lc.data / f"daemon{i}"
+        signed = _signed_queries(lc, "two", [f"k{i}" for i in range(20)])
         for d in daemons:
             keys = sqlite3.connect(f"file:{folder[d['address']] / 'keys.db'}?mode=ro", uri=True)
             with contextlib.closing(keys):
@@ -401,7 +430,9 @@ def test_a_pool_on_chosen_disks(cluster: tuple[LocalCluster, Gateway]) -> None:
             # two replicas on the two daemons chosen: each holds every object, the other none
             assert held[0] == (0 if d in other else 20), d
             if d not in other:
-                got = [gw.curl(f"http://{d['http_address']}/two/k{i}").body for i in range(20)]
+                url = f"http://{d['http_address']}/two/k"
+                got = [gw.curl(f"{url}{i}?{signed[f'k{i}']}").body for i in range(20)]
                 assert got == [f"v{i}".encode() for i in range(20)]
+                assert gw.curl(f"{url}0").status == 403  # (unsigned)
     finally:
         gw.stop()

@@ -34,6 +34,7 @@ from shoal.client.stripes import (
     stripe_namespace,
     stripes_of,
 )
+from shoal.cluster.auth import URL_TTL, Ticket, contents, sign_read
 from shoal.cluster.map import ClusterMap, MapDiff, apply
 from shoal.cluster.placement import Placer
 from shoal.engine.keys import ObjKey
@@ -174,6 +175,17 @@ class ClusterClient:
             await self._auth()
         assert self.ticket is not None
         return self.ticket
+
+    async def sign_read(self, pool: str, name: str, ttl: float = URL_TTL) -> str:
+        """The query string of a URL that reads `name` of `pool` from a daemon's HTTP endpoint
+        for `ttl` seconds, signed with this client's ticket (shoal.cluster.auth.sign_read)."""
+        return sign_read(await self._ticket(), pool, name, ttl)
+
+    async def authenticate(self, access_key: str, secret: str) -> Ticket:
+        """What the master's ticket for another key says (its rights): how a gateway checks
+        the keys of its own users. NotAuthenticated for an unknown key or a wrong secret."""
+        reply = await self._ask(Op.AUTH, {"access_key": access_key, "secret": secret})
+        return contents(bytes(reply["ticket"]))
 
     async def admin(self, cmd: str, **args: Any) -> dict[str, Any]:
         """An admin command on the master (needs an admin key for most)."""

@@ -6,12 +6,29 @@ a(dmin). A client proves its secret to the master once and gets a ticket: its ac
 rights and an expiry, signed with the cluster's ticket key (HMAC-SHA256). Daemons hold the
 ticket key (the master gives it to them over mutual TLS) and check a ticket and the right an
 operation needs on their own, without asking the master.
+
+Signed read URLs (the daemons' HTTP endpoint, where an HTTP gateway redirects a GET): the
+holder of a ticket signs `(namespace, name, expiry)` with a key derived from the ticket's
+MAC, and the URL carries the ticket's body (its access key, rights and expiry), the expiry
+and that signature: `?ticket=B64(body)&expires=UNIX&sig=B64(HMAC)`. A daemon recomputes the
+ticket's MAC from the body with the ticket key it holds, then the derived key, then the
+signature; so it checks, without asking anyone, that the URL was signed by the holder of a
+ticket the master issued, for this object and not another, before its expiry and the
+ticket's, and that the ticket grants read on the namespace: what the native port checks.
+The MAC itself never travels in a URL and cannot be recovered from one (HMAC is one-way), so
+a URL gives a read of one object for a minute, never a ticket usable on the native port; and
+the gateway signs with its own ticket, so it needs no cluster secret. Expiries are absolute
+times: signer and daemon need clocks that agree (to well under the URL's lifetime).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
+import ipaddress
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -23,6 +40,7 @@ from shoal.errors import Forbidden, InvalidArgument, NotAuthenticated
 
 RIGHTS = "rwda"
 TICKET_TTL = 3600.0
+URL_TTL = 60.0  # seconds a signed read URL is good for, by default
 _MAC = 32
 
 
@@ -104,3 +122,89 @@ def verify(key: bytes, ticket: Any, now: float | None = None) -> Ticket:
     if t.expires < (time.time() if now is None else now):
         raise NotAuthenticated(f"the ticket of key {t.access_key} has expired: authenticate again")
     return t
+
+
+def contents(ticket: bytes) -> Ticket:
+    """What a ticket says, unchecked: for a client that got it from the master over its own
+    connection (it cannot check the signature, which only the master and daemons can)."""
+    try:
+        d = msgpack.unpackb(ticket[:-_MAC], raw=False)
+        return Ticket(str(d["k"]), dict(d["r"]), float(d["x"]))
+    except Exception:
+        raise NotAuthenticated("the ticket is malformed") from None
+
+
+def _url_key(mac: bytes) -> bytes:
+    return hmac.new(mac, b"shoal-url\x00", hashlib.sha256).digest()
+
+
+def _url_mac(mac: bytes, namespace: str, name: str, expires: int) -> bytes:
+    msg: bytes = msgpack.packb(["read", namespace, name, expires], use_bin_type=True)
+    return hmac.new(_url_key(mac), msg, hashlib.sha256).digest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def sign_read(
+    ticket: bytes, namespace: str, name: str, ttl: float = URL_TTL, now: float | None = None
+) -> str:
+    """The query string (`ticket=...&expires=...&sig=...`, URL-safe as it is) that lets whoever
+    has it GET or HEAD `name` of `namespace` from a daemon's HTTP endpoint for `ttl` seconds,
+    signed with `ticket` (see the module's doc)."""
+    if len(ticket) <= _MAC:
+        raise InvalidArgument("sign_read needs a ticket from the master")
+    expires = math.ceil((time.time() if now is None else now) + ttl)
+    sig = _url_mac(ticket[-_MAC:], namespace, name, expires)
+    return f"ticket={_b64(ticket[:-_MAC])}&expires={expires}&sig={_b64(sig)}"
+
+
+def check_read(
+    key: bytes, namespace: str, name: str, query: str, now: float | None = None
+) -> Ticket:
+    """The ticket of a signed read URL of `name` in `namespace`, whose query string is `query`,
+    with `key` the cluster's ticket key: NotAuthenticated if it is unsigned, malformed,
+    expired, tampered with or signed for another object, Forbidden if its ticket may not read
+    the namespace."""
+    params: dict[str, str] = {}
+    for part in query.split("&"):
+        k, _, v = part.partition("=")
+        params.setdefault(k, v)
+    if not all(params.get(k) for k in ("ticket", "expires", "sig")):
+        raise NotAuthenticated(
+            "unsigned URL: a daemon serves only URLs signed with a ticket (a gateway's "
+            "redirect carries one)"
+        )
+    try:
+        body, sig = _unb64(params["ticket"]), _unb64(params["sig"])
+        expires = int(params["expires"])
+    except (binascii.Error, ValueError):
+        raise NotAuthenticated("the URL's signature is malformed") from None
+    mac = hmac.new(key, body, hashlib.sha256).digest()
+    if not hmac.compare_digest(_url_mac(mac, namespace, name, expires), sig):
+        raise NotAuthenticated("the URL's signature does not match this object")
+    t = time.time() if now is None else now
+    if expires < t:
+        raise NotAuthenticated(f"the signed URL expired {t - expires:.0f} s ago: ask again")
+    ticket = verify(key, body + mac, t)
+    ticket.require(namespace, "r")
+    return ticket
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (as given to listen on) is a loopback address or `localhost`: only this
+    machine can reach it."""
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))

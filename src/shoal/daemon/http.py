@@ -4,6 +4,14 @@ So that the HTTP gateway can redirect a read to the daemon that holds the bytes,
 minikeyvalue redirects to its volume servers. A plain ASGI application (served by uvicorn with
 httptools inside the daemon's event loop); the engine calls run in the daemon's thread pool and
 large bodies stream in verified chunks.
+
+In a cluster it serves only signed URLs (shoal.cluster.auth.sign_read: a ticket's body, an
+expiry and an HMAC under a key derived from the ticket), checked with the ticket key the
+daemon holds: the ticket must grant read on the namespace, as on the native port. Unsigned,
+expired, tampered with, signed for another object, or signed with a ticket that may not
+read: 403, and a one-line reason. A daemon without a master has no key to check signatures
+with (nor does its native port check tickets): its endpoint is open when it listens on
+loopback only, and answers 403 to everything on any other address.
 """
 
 from __future__ import annotations
@@ -15,8 +23,16 @@ from typing import Any
 from urllib.parse import unquote
 
 from shoal.asgi import Receive, Scope, Send
+from shoal.cluster.auth import check_read
 from shoal.engine import Record
-from shoal.errors import IntegrityError, InvalidArgument, NotFound, ShoalError
+from shoal.errors import (
+    Forbidden,
+    IntegrityError,
+    InvalidArgument,
+    NotAuthenticated,
+    NotFound,
+    ShoalError,
+)
 from shoal.proto.http import parse_range
 
 SMALL = 1 << 20
@@ -27,10 +43,16 @@ def make_app(
     store: Any,
     run: Callable[..., Awaitable[Any]],
     current: Callable[[str, str], None] | None = None,
+    *,
+    ticket_key: Callable[[], bytes] | None = None,
+    open_unsigned: bool = False,
 ) -> Callable[..., Awaitable[None]]:
     """The ASGI app over `store` (an ObjectStore), running engine calls with `run`. In a
     cluster, `current(namespace, name)` raises Unavailable for a copy this daemon may not
-    serve (it is catching up, or the object is not its): 503, read another copy."""
+    serve (it is catching up, or the object is not its): 503, read another copy; and
+    `ticket_key()` gives the cluster's ticket key (b"" until the daemon has registered: 503),
+    which checks the signed URLs. Without `ticket_key` (no master), unsigned reads are served
+    if `open_unsigned` (the endpoint listens on loopback), and none otherwise."""
 
     async def respond(
         send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
@@ -50,6 +72,24 @@ def make_app(
         ns, _, name = path.lstrip("/").partition("/")
         if not ns or not name:
             await respond(send, 400, [], b"GET /<namespace>/<name>\n")
+            return
+        if ticket_key is not None:
+            key = ticket_key()
+            if not key:
+                msg = b"not yet registered with the master: retry\n"
+                await respond(send, 503, [(b"retry-after", b"1")], msg)
+                return
+            try:
+                check_read(key, ns, name, scope.get("query_string", b"").decode("latin-1"))
+            except (NotAuthenticated, Forbidden) as exc:
+                await respond(send, 403, [], f"{exc}\n".encode())
+                return
+        elif not open_unsigned:
+            msg = (
+                b"this daemon has no master, so no key to check signed URLs with: "
+                b"its HTTP endpoint serves only on loopback\n"
+            )
+            await respond(send, 403, [], msg)
             return
         try:
             if current is not None:

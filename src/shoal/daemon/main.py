@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.asgi import split_address, start_http, stop_http
+from shoal.cluster.auth import is_loopback
 from shoal.daemon.http import make_app
 from shoal.daemon.membership import Membership
 from shoal.daemon.replication import Replication
@@ -87,10 +88,12 @@ async def serve(cfg: DaemonConfig, ready: asyncio.Event | None = None) -> None:
             lines.append(f"{phost}:{pport} (peer)")
         http_addr = cfg.http or f"{host}:{want_port + 1 if want_port else 0}"
         if http_addr != "off":
-            http_server, (hhost, hport) = await start_http(
-                make_app(daemon.store, daemon.run, lambda ns, n: _current(daemon, ns, n)),
-                http_addr,
-            )
+            app = make_app(
+                daemon.store, daemon.run, lambda ns, n: _current(daemon, ns, n),
+                ticket_key=(lambda: _ticket_key(daemon)) if cfg.master else None,
+                open_unsigned=is_loopback(split_address(http_addr)[0]),
+            )  # fmt: skip
+            http_server, (hhost, hport) = await start_http(app, http_addr)
             lines.append(f"{hhost}:{hport} (http)")
         print("shoal daemon listening on " + ", ".join(lines), flush=True)
         if cfg.master:
@@ -137,6 +140,10 @@ def _membership(cfg: DaemonConfig, store: ObjectStore, lines: list[str]) -> Memb
         }  # fmt: skip
 
     return Membership(split_address(cfg.master or ""), info, ctx)
+
+
+def _ticket_key(daemon: Daemon) -> bytes:
+    return daemon.cluster.ticket_key if daemon.cluster is not None else b""
 
 
 def _current(daemon: Daemon, namespace: str, name: str) -> None:

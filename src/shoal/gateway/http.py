@@ -347,14 +347,16 @@ class HttpGateway:
                 gone.cancel()
 
     async def _redirected(self, x: _Exchange, key: str) -> bool:
-        """302 to the read endpoint of a daemon holding `key`, if it is stored whole there."""
+        """302 to the read endpoint of a daemon holding `key`, if it is stored whole there,
+        with a URL signed for a minute (shoal.cluster.auth.sign_read)."""
         if not await self.client.stored_whole(self.pool, key):
             return False  # striped: only a client can join the stripes
         m = self.client.map
         for d_id in self.client.acting(self.pool, key):
             d = m.daemons[d_id]
             if d.up and d.http_address:
-                url = f"http://{d.http_address}/{quote(self.pool, safe='')}/{quote(key)}"
+                url = f"http://{d.http_address}/{quote(self.pool, safe='')}/{quote(key)}?"
+                url += await self.client.sign_read(self.pool, key)
                 await x.whole(302, b"", [(b"location", url.encode())])
                 return True
         return False
