@@ -38,6 +38,7 @@ async def _pool_exists(client: Any, pool: str) -> None:
 def cmd_http(args: argparse.Namespace) -> int:
     from shoal.asgi import start_http, stop_http
     from shoal.daemon.main import run_service
+    from shoal.gateway.auth import KeyCheck, auth_required
     from shoal.gateway.http import HttpGateway, RequestLog
     from shoal.index import open_index
     from shoal.memory import keep_heap
@@ -56,14 +57,17 @@ def cmd_http(args: argparse.Namespace) -> int:
         try:
             await index.open()
             await _pool_exists(client, args.pool)
+            keys = auth_required(args.host, args.no_auth)
             app = HttpGateway(
                 client, index, args.pool, redirect=args.redirect, request_log=request_log,
                 idle_timeout=args.idle_timeout,
+                auth=KeyCheck(client.authenticate, args.pool) if keys else None,
             )  # fmt: skip
             server, (host, port) = await start_http(app, f"{args.host}:{args.port}")
             mode = "redirect" if args.redirect else "proxy"
+            who = "keys required" if keys else "open: no keys"
             print(f"shoal http listening on {host}:{port} (pool {args.pool}, index "
-                  f"{index.url}, GET by {mode})", flush=True)  # fmt: skip
+                  f"{index.url}, GET by {mode}, {who})", flush=True)  # fmt: skip
             await stop.wait()
         finally:
             if server is not None:
@@ -134,6 +138,12 @@ def register(top: Any) -> None:
     v.add_argument(
         "--log", default="-",
         help="the request log, one JSON line per request: a file, - (stderr) or off",
+    )  # fmt: skip
+    v.add_argument(
+        "--no-auth", action="store_true",
+        help="serve without keys on an address other than loopback (on loopback it always "
+        "does; elsewhere each request needs a key with the right on the pool: curl -u "
+        "ACCESS:SECRET)",
     )  # fmt: skip
     add_cluster_options(v)
     v.set_defaults(func=cmd_http)

@@ -45,6 +45,7 @@ from shoal.errors import (
     ShoalError,
     Unavailable,
 )
+from shoal.gateway.auth import CHALLENGE, KeyCheck, KeyRefused
 from shoal.index import MAX_KEY, Entry, Index, IndexUnavailable
 from shoal.proto.http import parse_range
 
@@ -155,6 +156,8 @@ def _status_of(exc: BaseException) -> int:
         return 404
     if isinstance(exc, InvalidArgument | ValueError):
         return 400
+    if isinstance(exc, KeyRefused):
+        return 401
     if isinstance(exc, Forbidden):
         return 403
     if isinstance(exc, NoSpace):
@@ -172,7 +175,8 @@ def _status_of(exc: BaseException) -> int:
 
 
 class HttpGateway:
-    """The ASGI application. `client` reaches the cluster, `index` lists the keys of `pool`."""
+    """The ASGI application. `client` reaches the cluster, `index` lists the keys of `pool`;
+    with `auth`, each request needs a key with the right on the pool (shoal.gateway.auth)."""
 
     def __init__(
         self,
@@ -183,8 +187,10 @@ class HttpGateway:
         redirect: bool = False,
         request_log: RequestLog | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
+        auth: KeyCheck | None = None,
     ) -> None:
         self.client, self.index, self.pool = client, index, pool
+        self.auth = auth
         self.redirect, self.log, self.idle = redirect, request_log, idle_timeout
         self._busy: set[str] = set()
 
@@ -195,6 +201,9 @@ class HttpGateway:
         x = _Exchange(send)
         method, key = scope["method"], ""
         try:
+            if self.auth is not None:
+                x.unread = method == "PUT"  # (refused: its body is not read)
+                await self.auth.check(scope)
             raw = scope.get("raw_path") or scope["path"].encode()
             path = raw.split(b"?", 1)[0]
             try:
@@ -230,6 +239,8 @@ class HttpGateway:
             if x.started:
                 raise  # the reply is under way: the server cuts the connection
             headers = [(b"retry-after", b"1")] if status == 503 else []
+            if status == 401:
+                headers.append(CHALLENGE)
             await x.whole(status, f"{exc or type(exc).__name__}\n".encode(), headers)
         finally:
             if self.log is not None:
