@@ -5,16 +5,11 @@ left), and the next `shoal up` keeps the data and the key."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import select
-import signal
 import socket
 import stat
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,76 +17,18 @@ import pytest
 
 from tests.conftest import SHOAL
 from tests.integration.cluster_helpers import (
-    all_exited,
-    children_of,
     eventually_sync,
     pids_under,
     shoal,
     shoal_env,
-    stop_process,
 )
+from tests.integration.up_helpers import Up
 
 _UP = re.compile(
     r"shoal is up: master (127\.0\.0\.1:\d+) \(TLS\), 3 of 3 daemons up, pools: default\n"
 )
 _KEY = re.compile(r"admin key \(shown once; also in shoal-data/client\.json, mode 0600\):\n"
                   r"  access key: (\S+)\n  secret key: (\S+)\n")  # fmt: skip
-
-
-class Up:
-    """`shoal up` running in a folder; stopped with SIGINT by its PID."""
-
-    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
-        self.cwd, self.env = cwd, env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.children: list[int] = []
-        self.out = ""
-
-    def start(self, *extra: str, timeout: float = 60.0, ok: bool = True) -> str:
-        """Start it and wait until it says it is up (or exits, if not `ok`); what it printed."""
-        with open(self.cwd / "up.err", "ab") as err:
-            self.proc = subprocess.Popen(
-                [*SHOAL, "up", "--base-port", "0", "--size", "256M", "--daemons", "3", *extra],
-                cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=err,
-                stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        assert self.proc.stdout is not None
-        out, deadline = b"", time.monotonic() + timeout
-        while b"Ctrl-C stops it" not in out and time.monotonic() < deadline:
-            if select.select([self.proc.stdout], [], [], 0.2)[0]:
-                chunk = os.read(self.proc.stdout.fileno(), 65536)
-                if not chunk:
-                    break
-                out += chunk
-            elif self.proc.poll() is not None:
-                break
-        self.out = out.decode()
-        if not ok:  # (it is to fail: wait for that)
-            self.proc.wait(timeout=timeout)
-            self.proc.stdout.close()
-            return self.out
-        assert "Ctrl-C stops it" in self.out, self.out + self.stderr()
-        self.children = children_of(self.proc.pid)
-        return self.out
-
-    def stderr(self) -> str:
-        return (self.cwd / "up.err").read_text(errors="replace")
-
-    def interrupt(self) -> int:
-        """Ctrl-C (SIGINT to its PID); its exit status. Its children must be gone too."""
-        assert self.proc is not None
-        rc = stop_process(self.proc, signal.SIGINT, timeout=30)
-        assert all_exited(self.children), "shoal up left its children running"
-        return rc
-
-    def kill(self) -> None:
-        """Whatever is left (after a failed test): SIGINT to `shoal up`, then SIGKILL to
-        those of its children still running in this folder, by PID."""
-        if self.proc is not None:
-            stop_process(self.proc, signal.SIGINT, timeout=30)
-        for pid in set(self.children) & set(pids_under(self.cwd)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
