@@ -14,9 +14,11 @@ from typing import Any
 from shoal.cli.common import (
     add_cluster_options,
     admin,
+    cluster_client,
     human,
     need_config,
     nonneg,
+    progress,
     run_async,
 )
 from shoal.config import DEFAULT_DATA
@@ -164,27 +166,41 @@ def cmd_scrub(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _follow_recovery(cfg: Any) -> None:
+    """Until nothing is degraded or misplaced and no daemon is catching up: a progress bar of
+    the objects left to move on a terminal, nothing in a pipe or with -q."""
+    import asyncio
+
+    c = cluster_client(cfg)
+
+    def left(r: dict[str, Any]) -> int:
+        return int(r["degraded_objects"]) + int(r["misplaced_objects"])
+
+    try:
+        r = (await c.admin("status"))["recovery"]
+        before = left(r)
+        with progress(before or None, "rebalance", unit="objects") as advance:
+            while left(r) or r["recovering"]:
+                await asyncio.sleep(0.5)
+                r = (await c.admin("status"))["recovery"]
+                if left(r) < before:
+                    advance(before - left(r))
+                    before = left(r)
+    finally:
+        await c.close()
+
+
 def cmd_rebalance(args: argparse.Namespace) -> int:
     """The copies that would move (--dry-run), or a recovery pass on every daemon now,
     followed until nothing is degraded or misplaced."""
-    import time
 
     cfg = need_config(args)
     if not args.dry_run:
         admin(args, "rebalance")
         print("rebalance requested; following it (Ctrl-C stops following, not the move)")
-        while True:
-            time.sleep(1.0)
-            r = admin(args, "status")["recovery"]
-            left = r["degraded_objects"] + r["misplaced_objects"]
-            eta = r.get("eta")
-            print(f"  {r['degraded_objects']} degraded, {r['misplaced_objects']} misplaced "
-                  f"({human(r['degraded_bytes'] + r['misplaced_bytes'])}), "
-                  f"{human(r['rate'])}/s, eta {'?' if eta is None else f'{eta:.0f} s'}",
-                  flush=True)  # fmt: skip
-            if not left and not r["recovering"]:
-                print("done: every object is where the map puts it")
-                return 0
+        run_async(_follow_recovery(cfg))
+        print("done: every object is where the map puts it")
+        return 0
 
     async def plan() -> dict[int, dict[str, Any]]:
         from shoal.client.cluster import ClusterClient

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -88,8 +89,8 @@ def show_progress() -> bool:
 @contextmanager
 def progress(total: int | None, what: str, unit: str = "bytes") -> Iterator[Callable[[int], None]]:
     """An `advance(n)` callable; a progress bar (rich) appears on a terminal once the work has
-    taken a second, and nothing is drawn in a pipe or with -q. `unit` is "bytes" or a noun
-    counted ("keys", "objects")."""
+    taken a second ($SHOAL_PROGRESS_AFTER seconds), and nothing is drawn in a pipe or with -q.
+    `unit` is "bytes" or a noun counted ("keys", "objects")."""
     if not show_progress():
         yield lambda n: None
         return
@@ -112,11 +113,15 @@ def progress(total: int | None, what: str, unit: str = "bytes") -> Iterator[Call
     task = bar.add_task(what, total=total)
     started = time.monotonic()
     shown = False
+    after = float(os.environ.get("SHOAL_PROGRESS_AFTER") or 1.0)
+    if after <= 0:
+        bar.start()
+        shown = True
 
     def advance(n: int) -> None:
         nonlocal shown
         bar.advance(task, n)
-        if not shown and time.monotonic() - started > 1.0:
+        if not shown and time.monotonic() - started >= after:
             bar.start()
             shown = True
 

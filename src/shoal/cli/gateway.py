@@ -7,12 +7,17 @@ import argparse
 import asyncio
 import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from shoal.cli.common import add_cluster_options, cluster_client, need_config, run_async
+from shoal.cli.common import (
+    add_cluster_options,
+    cluster_client,
+    need_config,
+    progress,
+    run_async,
+)
 from shoal.config import DEFAULT_DATA
 from shoal.errors import InvalidArgument
 
@@ -96,16 +101,14 @@ def cmd_index(args: argparse.Namespace) -> int:
                 return 0
             await _pool_exists(client, args.pool)
             started, seen = time.time(), 0
-            last = time.monotonic()
 
             async def items() -> AsyncIterator[tuple[str, Entry]]:
-                nonlocal seen, last
-                async for info in client.list(args.pool):
-                    seen += 1
-                    if time.monotonic() - last > 2.0:
-                        last = time.monotonic()
-                        print(f"  {seen} keys ...", file=sys.stderr, flush=True)
-                    yield info.name, Entry(info.size, info.hash, info.version, info.mtime)
+                nonlocal seen
+                with progress(None, f"rebuild {args.pool}", unit="keys") as advance:
+                    async for info in client.list(args.pool):
+                        seen += 1
+                        advance(1)
+                        yield info.name, Entry(info.size, info.hash, info.version, info.mtime)
 
             written, removed = await index.rebuild(args.pool, items(), started)
             print(f"{index.url}: pool {args.pool}: {written} keys from the daemons, "
