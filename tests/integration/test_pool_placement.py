@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
+from shoal.client.cluster import ClusterClient
 from shoal.cluster.placement import pg_of
+from shoal.daemon.process import DaemonProcess
 from shoal.errors import InvalidArgument, Unavailable
 from shoal.master.server import Master
 from shoal.master.state import MasterState
@@ -101,11 +103,27 @@ def test_a_pool_one_host_cannot_place_is_refused_and_says_why(
     assert s["problems"] == [] and set(s["pgs"]) == {"active+clean"}
 
 
+async def placed_at(c: ClusterClient, ds: list[DaemonProcess], hosts: list[str]) -> dict[str, Any]:
+    """Wait until the daemons `ds` are up on `hosts`, and `c` has that map; the master's
+    status then."""
+    want = sorted(zip((d.address for d in ds), hosts, strict=True))
+    await eventually(
+        lambda: daemons_by_id(c),
+        lambda x: sorted((d["address"], d["host"]) for d in x.values() if d["up"]) == want,
+        what=f"daemons up on {hosts}",
+    )  # fmt: skip
+    s: dict[str, Any] = await c.admin("status")
+    await map_at(c, s["epoch"])
+    return s
+
+
 @pytest.mark.asyncio
 async def test_a_cluster_built_by_hand_and_hosts_that_change_under_a_pool(tmp_path: Path) -> None:
-    m = start_master(tmp_path / "master", *FAST)
+    # (a daemon down stays in: placement changes only when the test changes a host)
+    m = start_master(tmp_path / "master", "--heartbeat", "0.2", "--down-after", "1",
+                     "--out-after", "600")  # fmt: skip
     try:
-        async with m.client_for(timeout=3.0) as c:
+        async with m.client_for(timeout=10.0) as c, m.client_for(timeout=2.0) as quick:
             # a pool made before any daemon registers: refused, and told to wait for them
             with pytest.raises(InvalidArgument) as refused:
                 await c.admin("pool_create", name="p", replicas=3, pg_num=8)
@@ -121,31 +139,54 @@ async def test_a_cluster_built_by_hand_and_hosts_that_change_under_a_pool(tmp_pa
             await map_at(c, out["epoch"])
             await wait_current(c)
             await c.put("p", "before", b"three hosts")
+            pool = c.map.pool("p")
 
-            # two of the machines turn out to be the first one (the daemons restarted with
-            # its name): every PG now has one daemon, all three are up, and the write's
-            # error says that placement is the cause, not daemons down
-            for i in (1, 2):
-                assert stop_member(ds[i]) == 0
-                ds[i] = start_member(m, ds[i].dir, "h0")
-            await eventually(lambda: daemons_by_id(c), lambda x: len(x) == N and all(
-                d["up"] and d["host"] == "h0" for d in x.values()), what="all on h0")  # fmt: skip
-            s = await eventually(lambda: c.admin("status"), lambda s: s["up"] == N)
-            await map_at(c, s["epoch"])
-            assert s["pgs"] == {"inactive": 8}
+            def pg(name: str) -> str:
+                return f"pg {pool.id}.{pg_of(pool, 'p', name):x} of pool p"
+
+            # the third machine turns out to be the first (its daemon restarted with that
+            # name): two copies, not three, and status says why
+            assert stop_member(ds[2]) == 0
+            ds[2] = start_member(m, ds[2].dir, "h0")
+            s = await placed_at(c, ds, ["h0", "h1", "h0"])
+            assert s["pgs"] == {"active+degraded": 8}
+            assert s["problems"] == [
+                "pool p keeps 2 copies, not 3: its 8 pgs have 2 daemons each (min_size 2), as "
+                "3 replicas need 3 hosts, and the cluster's 3 daemons are on 2 hosts (h0, h1)"
+            ]
+            await c.put("p", "two-hosts", b"two copies")
+            assert all(len(c.acting("p", n)) == 2 for n in ("before", "two-hosts"))
+
+            # h1's daemon down as well: below min_size, for both reasons, and it says both
+            assert stop_member(ds[1]) == 0
+            await eventually(lambda: daemons_by_id(c), lambda x: sum(d["up"] for d in x.values())
+                             == 2, what="h1 down")  # fmt: skip
+            await map_at(c, (await c.admin("status"))["epoch"])
+            with pytest.raises(Unavailable) as below:
+                await quick.put("p", "h1-down", b"refused")
+            assert str(below.value) == (
+                f"p/h1-down: 1 of its 2 daemons are up, fewer than the pool's min_size 2 "
+                f"({pg('h1-down')} maps to 2 of 3, as 3 replicas need 3 hosts, and the "
+                f"cluster's 3 daemons are on 2 hosts (h0, h1)): writes are refused"
+            )
+
+            # and it comes back on the first machine too: every PG has one daemon, all
+            # three are up, and the write's error says that placement is the cause
+            ds[1] = start_member(m, ds[1].dir, "h0")
+            s = await placed_at(c, ds, ["h0", "h0", "h0"])
+            assert s["pgs"] == {"inactive": 8} and s["up"] == N
             assert s["problems"] == [
                 "pool p takes no writes: its 8 pgs have 1 daemon each (min_size 2), as 3 "
                 "replicas need 3 hosts, and the cluster's 3 daemons are on 1 host (h0)"
             ]
             with pytest.raises(Unavailable) as unplaced:
-                await c.put("p", "after", b"one host")
-            pool = c.map.pool("p")
-            want = (
-                f"p/after: pg {pool.id}.{pg_of(pool, 'p', 'after'):x} of pool p maps to 1 daemon, "
-                "fewer than its min_size 2, as 3 replicas need 3 hosts, and the cluster's 3 "
-                "daemons are on 1 host (h0): writes are refused"
+                await quick.put("p", "after", b"one host")
+            assert str(unplaced.value) == (
+                f"p/after: {pg('after')} maps to 1 daemon, fewer than the pool's min_size 2, "
+                "as 3 replicas need 3 hosts, and the cluster's 3 daemons are on 1 host (h0): "
+                "writes are refused"
             )
-            assert str(unplaced.value) == want
+            assert await c.get("p", "before") == b"three hosts", "reads go on"
     finally:
         assert not stop_all(m)
 

@@ -87,6 +87,22 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def _too_few(m: ClusterMap, pool: Pool, name: str, acting: tuple[int, ...], up: int) -> str:
+    """Why a write to `name` is refused, `up` of its `acting` daemons being up (fewer than
+    min_size): daemons down, or placement, which leaves a PG short when the daemons the pool
+    may use are on fewer failure domains than its replicas (all of them may be up)."""
+    floor, refused = f"fewer than the pool's min_size {pool.min_size}", ": writes are refused"
+    if len(acting) == pool.replicas:
+        return f"{up} of its {pool.replicas} daemons are up, {floor}{refused}"
+    short = shortfall(m, pool)  # (not None: an acting set is short only then)
+    why = short.why() if short is not None else "placement finds too few failure domains"
+    pg = f"pg {pool.id}.{pg_of(pool, pool.name, name):x} of pool {pool.name}"
+    if len(acting) < pool.min_size:
+        return f"{pg} maps to {_count(len(acting), 'daemon')}, {floor}, as {why}{refused}"
+    return (f"{up} of its {len(acting)} daemons are up, {floor} ({pg} maps to {len(acting)} "
+            f"of {pool.replicas}, as {why}){refused}")  # fmt: skip
+
+
 def _pool_of(namespace: str) -> str:
     return namespace.partition("#")[0]
 
@@ -259,19 +275,8 @@ class Replication:
                 f"daemon {me} is not the primary of {namespace}/{name} at map epoch {m.epoch} "
                 f"(its daemons are {list(acting)})"
             )
-        if len(up) < pool.min_size and len(acting) < pool.replicas:
-            short = shortfall(m, pool)  # (not None: acting sets are short only for this)
-            why = short.why() if short is not None else "placement found too few daemons"
-            raise Unavailable(
-                f"{namespace}/{name}: pg {pool.id}.{pg_of(pool, pool.name, name):x} of pool "
-                f"{pool.name} maps to {_count(len(acting), 'daemon')}, fewer than its min_size "
-                f"{pool.min_size}, as {why}: writes are refused"
-            )
         if len(up) < pool.min_size:
-            raise Unavailable(
-                f"{namespace}/{name}: {len(up)} of its {pool.replicas} daemons are up, fewer "
-                f"than the pool's min_size {pool.min_size}: writes are refused"
-            )
+            raise Unavailable(f"{namespace}/{name}: {_too_few(m, pool, name, acting, len(up))}")
         return up[1:]
 
     def require_up_to_date(self) -> None:
