@@ -475,6 +475,15 @@ class LocalCluster:
         """The children that are not running now (restarting or left down)."""
         return [c.name for c in self.sup.children if c.state not in ("up", "starting")]
 
+    def daemon_folders(self) -> dict[str, Path]:
+        """Each daemon's native address (as it now listens): its folder."""
+        out = {}
+        for i, c in enumerate(self.daemons):
+            m = c.ready.search(c.out.decode(errors="replace"))
+            if m is not None:
+                out[m.group(1)] = self.data / f"daemon{i}"
+        return out
+
     def pid(self, name: str) -> int | None:
         for c in self.sup.children:
             if c.name == name and c.proc is not None and c.proc.poll() is None:

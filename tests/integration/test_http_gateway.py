@@ -417,11 +417,7 @@ def test_a_pool_on_chosen_disks(cluster: tuple[LocalCluster, Gateway]) -> None:
         for i in range(20):
             assert gw.put(f"k{i}", f"v{i}".encode()).status == 201
         assert len(gw.keys()) == 20
-        folder = {}  # a daemon's address: its folder
-        for i, child in enumerate(lc.daemons):
-            m = child.ready.search(child.out.decode(errors="replace"))
-            assert m is not None, child.out
-            folder[m.group(1)] = lc.data / f"daemon{i}"
+        folder = lc.daemon_folders()  # a daemon's address: its folder
         signed = _signed_queries(lc, "two", [f"k{i}" for i in range(20)])
         for d in daemons:
             keys = sqlite3.connect(f"file:{folder[d['address']] / 'keys.db'}?mode=ro", uri=True)

@@ -183,8 +183,8 @@ async def test_a_damaged_copy_of_a_head_on_the_primary_does_not_block_writes_to_
         head = await c._head(POOL, key)
         assert head is not None
         primary = c.map.daemons[c.acting(POOL, key)[0]].address
-        d = next(x for x in lc.daemons if x.address == primary)
-        with open(d.dir / "blocks", "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
+        folder = lc.daemon_folders()[primary]
+        with open(folder / "blocks", "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
             at = mm.find(head.encode())
             assert at >= 0, "the head's bytes are not in the primary's blocks file"
             mm[at + 3] ^= 0xFF  # (one bad byte in the primary's copy of the head)
