@@ -11,10 +11,12 @@ that daemon.
 
 Every node must compute the same answer, so the score is integer arithmetic only: a 64-bit
 mixing hash, a fixed-point log2 (a table of log2(1 + i/4096) made with the decimal module,
-which rounds the same everywhere, and linear interpolation), and a floor division by the
-16.16 weight. Ties (very rare) go to the lower daemon id, and between hosts to the host name
-that sorts first. numpy does the arithmetic for a whole table of PGs at once; `reference_acting`
-is the same rule written plainly, and the tests hold the two to each other.
+which rounds the same everywhere, kept written out in shoal.cluster.log2_table, and linear
+interpolation), and a floor division by the 16.16 weight. Ties (very rare) go to the lower
+daemon id, and between hosts to the host name that sorts first. numpy does the arithmetic for a
+whole table of PGs at once; `reference_acting` is the same rule written plainly, one PG at a
+time, and the tests hold the two to each other. A client placing a few names uses the plain
+one and never loads numpy (~70 ms of a `shoal read`); numpy is imported when a table is made.
 
 stable_mod is Ceph's: when pg_num grows, a PG's objects either stay or move to one new PG.
 
@@ -27,13 +29,15 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from decimal import Decimal, localcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
-import numpy as np
 
+from shoal.cluster.log2_table import TABLE
 from shoal.cluster.map import ClusterMap, DaemonInfo, Pool
+
+if TYPE_CHECKING:
+    import numpy as np
 
 M64 = (1 << 64) - 1
 _FRAC = 24  # fractional bits of the fixed-point log2
@@ -41,12 +45,20 @@ _TAB_BITS = 12
 _INTERP_BITS = 32 - _TAB_BITS
 _GOLDEN = 0x9E3779B97F4A7C15
 _CHUNK = 1 << 20  # score-matrix entries per numpy step (bounds memory)
+# A PG's acting set is computed in plain Python (no numpy) when the pool may use at most this
+# many daemons (one PG: ~18 us at 16 daemons against numpy's ~27-57 us), and for the first
+# PGs a PoolPlacement is asked for whatever their number (a client placing a few names never
+# loads numpy); past both, a row at a time with numpy (at 1,000 daemons ~0.1 ms, ~10x faster).
+_PLAIN_DAEMONS = 32
+_PLAIN_PGS = 16
 
 
-@functools.cache
-def _log2_table() -> tuple[int, ...]:
+def log2_table_exact() -> tuple[int, ...]:
     """floor(log2(1 + i / 4096) * 2**24) for i in 0..4096, exactly (decimal rounds the same
-    on every machine; a float log might not)."""
+    on every machine; a float log might not). ~0.1 s: shoal.cluster.log2_table holds it
+    written out, and the tests hold that to this."""
+    from decimal import Decimal, localcontext
+
     with localcontext() as ctx:
         ctx.prec = 40
         ln2 = Decimal(2).ln()
@@ -54,9 +66,15 @@ def _log2_table() -> tuple[int, ...]:
         return tuple(int((Decimal(n + i) / n).ln() / ln2 * (1 << _FRAC)) for i in range(n + 1))
 
 
+def _log2_table() -> tuple[int, ...]:
+    return TABLE
+
+
 @functools.cache
 def _log2_array() -> np.ndarray[Any, np.dtype[np.int64]]:
-    return np.array(_log2_table(), dtype=np.int64)
+    import numpy as np
+
+    return np.array(TABLE, dtype=np.int64)
 
 
 # -- hashes ----------------------------------------------------------------------------------
@@ -89,6 +107,8 @@ def fmix64(x: int) -> int:
 
 
 def _fmix64_np(x: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    import numpy as np
+
     x = x ^ (x >> np.uint64(30))
     x = x * np.uint64(0xBF58476D1CE4E5B9)
     x = x ^ (x >> np.uint64(27))
@@ -109,7 +129,7 @@ def log2_fixed(u: int) -> int:
     x = u << (32 - e)  # in [2**32, 2**33)
     idx = (x >> _INTERP_BITS) & ((1 << _TAB_BITS) - 1)
     r = x & ((1 << _INTERP_BITS) - 1)
-    t = _log2_table()
+    t = TABLE
     return (e << _FRAC) + t[idx] + (((t[idx + 1] - t[idx]) * r) >> _INTERP_BITS)
 
 
@@ -126,6 +146,8 @@ def _scores_np(
     weights: np.ndarray[Any, np.dtype[np.int64]],
 ) -> np.ndarray[Any, np.dtype[np.int64]]:
     """`score` for every (seed, daemon) pair: a (len(seeds), len(ids)) matrix."""
+    import numpy as np
+
     with np.errstate(over="ignore"):
         h = _fmix64_np(seeds[:, None] ^ (ids * np.uint64(_GOLDEN))[None, :])
     u = (h >> np.uint64(32)).astype(np.int64) + 1
@@ -149,17 +171,10 @@ class PoolPlacement:
 
     def __init__(self, cmap: ClusterMap, pool: Pool) -> None:
         self.epoch, self.pool = cmap.epoch, pool
-        cands = usable(cmap, pool)
-        self.ids = np.array([d.id for d in cands], dtype=np.uint64)
-        self.weights = np.array([d.weight for d in cands], dtype=np.int64)
-        self._id_list = [d.id for d in cands]
-        by_host = pool.failure_domain == "host"
-        keys = [d.host if by_host else str(d.id) for d in cands]
-        names = sorted(set(keys)) if by_host else keys
-        self.domain_names = names
-        index = {n: i for i, n in enumerate(names)}
-        self.domains = np.array([index[k] for k in keys], dtype=np.int64)
-        self._by_daemon = not by_host
+        self._cands = usable(cmap, pool)
+        self._id_list = [d.id for d in self._cands]
+        self._by_daemon = pool.failure_domain != "host"
+        self._arrays: _Arrays | None = None  # numpy's view of the candidates, once needed
         self._sets: dict[int, tuple[int, ...]] = {}
 
     def acting(self, pg: int) -> tuple[int, ...]:
@@ -167,36 +182,65 @@ class PoolPlacement:
         fewer failure domains)."""
         got = self._sets.get(pg)
         if got is None:
-            got = self._sets[pg] = tuple(int(x) for x in self.table([pg])[0] if x >= 0)
+            if len(self._cands) <= _PLAIN_DAEMONS or len(self._sets) < _PLAIN_PGS:
+                got = _acting(self.pool, self._cands, pg)
+            else:
+                got = tuple(int(x) for x in self.table([pg])[0] if x >= 0)
+            self._sets[pg] = got
         return got
 
     def place(self, namespace: str, name: str) -> tuple[int, ...]:
         return self.acting(pg_of(self.pool, namespace, name))
 
+    def _numpy(self) -> _Arrays:
+        if self._arrays is None:
+            self._arrays = _Arrays(self._cands, self._by_daemon)
+        return self._arrays
+
     def table(self, pgs: list[int] | None = None) -> np.ndarray[Any, np.dtype[np.int64]]:
         """Acting sets of `pgs` (default: all), one row each, -1 where there is no daemon."""
+        import numpy as np
+
         pg_list = list(range(self.pool.pg_num)) if pgs is None else pgs
         k, n = self.pool.replicas, len(self._id_list)
         out = np.full((len(pg_list), k), -1, dtype=np.int64)
         if n == 0:
             return out
+        arr = self._numpy()
         ids = np.array(self._id_list, dtype=np.int64)
         step = max(1, _CHUNK // n)
         for a in range(0, len(pg_list), step):
             chunk = pg_list[a : a + step]
             seeds = np.array([pg_seed(self.pool.id, pg) for pg in chunk], dtype=np.uint64)
-            s = _scores_np(seeds, self.ids, self.weights)
+            s = _scores_np(seeds, arr.ids, arr.weights)
             if self._by_daemon:
                 order = np.argsort(-s, axis=1, kind="stable")[:, :k]
             else:
-                order = self._best_per_domain(s, k)
+                order = arr.best_per_domain(s, k)
             out[a : a + len(chunk), : order.shape[1]] = np.where(order >= 0, ids[order], -1)
         return out
 
-    def _best_per_domain(
+
+class _Arrays:
+    """A pool's candidate daemons as numpy arrays: ids, weights and failure domains (hosts by
+    name order; for failure domain "daemon", each daemon its own)."""
+
+    def __init__(self, cands: list[DaemonInfo], by_daemon: bool) -> None:
+        import numpy as np
+
+        self.ids = np.array([d.id for d in cands], dtype=np.uint64)
+        self.weights = np.array([d.weight for d in cands], dtype=np.int64)
+        keys = [str(d.id) if by_daemon else d.host for d in cands]
+        self.domain_names = keys if by_daemon else sorted(set(keys))
+        index = {n: i for i, n in enumerate(self.domain_names)}
+        self.domains = np.array([index[k] for k in keys], dtype=np.int64)
+
+    def best_per_domain(
         self, s: np.ndarray[Any, np.dtype[np.int64]], k: int
     ) -> np.ndarray[Any, np.dtype[np.int64]]:
         """Column indexes of the best daemon of each of the top-k domains, per row."""
+        import numpy as np
+
         n = s.shape[1]
         nd = len(self.domain_names)
         # order daemons by (domain, id): each domain is then one run of columns
@@ -363,9 +407,15 @@ def shortfall(cmap: ClusterMap, pool: Pool) -> Shortfall | None:
 
 
 def reference_acting(cmap: ClusterMap, pool: Pool, pg: int) -> tuple[int, ...]:
-    """The placement rule written plainly, one PG at a time (for tests)."""
+    """The placement rule written plainly, one PG at a time: what the tests hold the numpy
+    table to, and what places a PG where numpy would not repay its cost."""
+    return _acting(pool, usable(cmap, pool), pg)
+
+
+def _acting(pool: Pool, cands: list[DaemonInfo], pg: int) -> tuple[int, ...]:
+    """The acting set of PG `pg` of `pool` among `cands` (usable: in, weight > 0, by id)."""
     seed = pg_seed(pool.id, pg)
-    scored = [(score(seed, d.id, d.weight), d) for d in cmap.candidates(pool) if d.weight > 0]
+    scored = [(score(seed, d.id, d.weight), d) for d in cands]
     if pool.failure_domain == "daemon":
         scored.sort(key=lambda sd: (-sd[0], sd[1].id))
         return tuple(d.id for _, d in scored[: pool.replicas])
