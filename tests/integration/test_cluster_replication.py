@@ -196,14 +196,15 @@ async def test_status_rebalance_plan_and_scrub_verbs(master: MasterProcess, tmp_
             in shoal("rebalance", "--dry-run", env=env, cwd=tmp_path).stdout.decode()
         )
         out = shoal("scrub", env=env, cwd=tmp_path).stdout.decode()
-        assert "scrub 1 requested" in out
+        assert "scrub 1 requested" in out  # and followed: when it returns, the pass is done
+        assert "scrub 1 done: 120 objects checked, 0 errors, 0 repaired" in out, out
 
         async def scrubbed() -> dict[str, int]:
             return dict((await c.admin("status"))["scrub"])
 
-        s = await eventually(scrubbed, lambda s: s["objects"] >= 3 * 40 and not s["running"],
-                             timeout=20, every=0.2)  # fmt: skip
+        s = await scrubbed()
         assert s["objects"] == 3 * 40 and s["errors"] == 0 and s["repaired"] == 0
+        assert s["done"] == 1 and s["pass"] == 3 * 40
         assert (
             "120 objects checked, 0 errors"
             in shoal("status", env=env, cwd=tmp_path).stdout.decode()
@@ -211,7 +212,8 @@ async def test_status_rebalance_plan_and_scrub_verbs(master: MasterProcess, tmp_
         # one pool only: its copies are checked, not the others'
         await pool3(c, "q")
         await asyncio.gather(*(c.put("q", f"q{i}", b"q" * 1000) for i in range(5)))
-        assert "for pool q" in shoal("scrub", "--pool", "q", env=env, cwd=tmp_path).stdout.decode()
+        out = shoal("scrub", "--pool", "q", "--no-wait", env=env, cwd=tmp_path).stdout.decode()
+        assert "scrub 2 requested for pool q" in out and "done" not in out
         s = await eventually(scrubbed, lambda s: s["objects"] >= 3 * 45 and not s["running"],
                              timeout=20, every=0.2)  # fmt: skip
         await asyncio.sleep(0.5)  # (a scrub of more than pool q would show by now)

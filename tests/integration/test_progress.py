@@ -101,3 +101,10 @@ def test_rebalance(cluster: LocalCluster) -> None:
     assert rc == 0 and drawn(err, "rebalance"), err[-2000:]
     rc, err = run(cluster, "rebalance", tty=False)
     assert rc == 0 and err == b"", err
+
+
+def test_scrub(cluster: LocalCluster) -> None:
+    rc, err = run(cluster, "scrub", tty=True)
+    assert rc == 0 and drawn(err, "scrub") and b"objects" in err, err[-2000:]
+    rc, err = run(cluster, "scrub", tty=False)
+    assert rc == 0 and err == b"", err

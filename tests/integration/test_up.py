@@ -25,7 +25,7 @@ from tests.integration.cluster_helpers import (
 from tests.integration.up_helpers import Up
 
 _UP = re.compile(
-    r"shoal is up: master (127\.0\.0\.1:\d+) \(TLS\), 3 of 3 daemons up, pools: default\n"
+    r"shoal is up: master (127\.0\.0\.1:\d+) \(TLS\), 3 of 3 daemons up, pools: default\b.*\n"
 )
 _KEY = re.compile(r"admin key \(shown once; also in shoal-data/client\.json, mode 0600\):\n"
                   r"  access key: (\S+)\n  secret key: (\S+)\n")  # fmt: skip
@@ -73,13 +73,21 @@ def test_shoal_up_first_start_stop_and_restart(up: Up, tmp_path: Path) -> None:
     log = data / "http.log"  # (the request log is written out in batches)
     eventually_sync(lambda: log.read_text(), lambda t: '"key": "foo"' in t, timeout=5)
 
+    # the README's pool on shoal up's one host (its pools' failure domain is the daemon)
+    made = run("pool", "create", "photos", "--replicas", "3", "--pg-num", "256").stdout
+    assert b"failure domain daemon" in made, made
+    run("write", "--pool", "photos", "p", "--data-literal", "in photos")
+    assert run("read", "--pool", "photos", "p").stdout == b"in photos"
+
     # from that folder, with no flags at all
     run("write", "hello", "--data-literal", "hello world")
     assert run("read", "hello").stdout == b"hello world"
-    status = [line.strip() for line in run("status").stdout.decode().splitlines()]
-    assert "health: HEALTH_OK" in status
+    status = eventually_sync(  # (the daemons catch up with the new pool's map first)
+        lambda: [line.strip() for line in run("status").stdout.decode().splitlines()],
+        lambda st: "health: HEALTH_OK" in st, timeout=20,
+    )  # fmt: skip
     assert "daemons: 3 daemons: 3 up, 3 in" in status
-    assert "pools:   1 pools, 128 pgs" in status
+    assert "pools:   2 pools, 384 pgs" in status
 
     # Ctrl-C: exit status 0, nothing left running
     assert up.interrupt() == 0

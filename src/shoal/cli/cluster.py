@@ -124,13 +124,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     r, sc = s.get("recovery") or {}, s.get("scrub") or {}
     moving = r.get("degraded_objects") or r.get("misplaced_objects") or r.get("recovering")
     health = "HEALTH_OK"
-    if s["up"] < s["daemons"] or set(s["pgs"]) - {"active+clean"} or moving:
+    if s["up"] < s["daemons"] or set(s["pgs"]) - {"active+clean"} or moving or s.get("problems"):
         health = "HEALTH_WARN"
     if "inactive" in s["pgs"] or (s["daemons"] and not s["up"]):
         health = "HEALTH_ERR"
     pgs = sum(s["pgs"].values())
     print("  cluster:")
     print(f"    health: {health}")
+    for problem in s.get("problems") or ():
+        print(f"            {problem}")
     print(f"    epoch:  {s['epoch']}")
     print("  services:")
     print(f"    daemons: {s['daemons']} daemons: {s['up']} up, {s['in']} in")
@@ -160,10 +162,38 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_scrub(args: argparse.Namespace) -> int:
+    """Ask every daemon for a scrub now and, unless --no-wait, follow it until each daemon up
+    has made a whole pass since (a progress bar of the objects checked, on a terminal)."""
     got = admin(args, "scrub", pool=args.pool or "")
-    print(f"scrub {got['scrub']} requested{f' for pool {args.pool}' if args.pool else ''}; "
-          "`shoal status` shows what it finds")  # fmt: skip
+    which = f" for pool {args.pool}" if args.pool else ""
+    if args.no_wait:
+        print(f"scrub {got['scrub']} requested{which}; `shoal status` shows what it finds")
+        return 0
+    print(f"scrub {got['scrub']} requested{which}; following it (Ctrl-C stops following, not "
+          "the scrub)", flush=True)  # fmt: skip
+    sc = run_async(_follow_scrub(need_config(args), int(got["scrub"])))
+    print(f"scrub {got['scrub']} done: {sc['objects']} objects checked, {sc['errors']} errors, "
+          f"{sc['repaired']} repaired since the daemons started")  # fmt: skip
     return 0
+
+
+async def _follow_scrub(cfg: Any, request: int) -> dict[str, Any]:
+    import asyncio
+
+    c = cluster_client(cfg)
+    try:
+        with progress(None, "scrub", unit="objects") as advance:
+            checked = 0
+            while True:
+                sc: dict[str, Any] = (await c.admin("status"))["scrub"]
+                if sc["pass"] > checked:
+                    advance(sc["pass"] - checked)
+                checked = sc["pass"]
+                if sc.get("done", 0) >= request:
+                    return sc
+                await asyncio.sleep(0.5)
+    finally:
+        await c.close()
 
 
 async def _follow_recovery(cfg: Any) -> None:
@@ -314,6 +344,8 @@ def register(top: Any) -> None:
 
     v = top.add_parser("scrub", help="verify every copy and compare replicas now")
     v.add_argument("--pool", help="only this pool")
+    v.add_argument("--no-wait", action="store_true",
+                   help="ask for it and return, without following it")  # fmt: skip
     add_cluster_options(v)
     v.set_defaults(func=cmd_scrub)
 

@@ -181,8 +181,12 @@ class Replication:
             "misplaced_bytes": 0, "recovered_objects": 0, "recovered_bytes": 0,
         }  # fmt: skip
         self.missing = (0, 0)  # (objects, bytes) found lacking and not fetched yet
+        # objects, errors, repaired: since the daemon started; pass: objects checked by the
+        # pass under way (or the last); done: the last scrub request (a counter the master
+        # hands out) a whole pass has answered, so that `shoal scrub` can follow its own.
         self.scrub_counts: dict[str, Any] = {"objects": 0, "errors": 0, "repaired": 0,
-                                             "running": False}  # fmt: skip
+                                             "running": False, "pass": 0, "done": 0}  # fmt: skip
+        self._scrub_asked = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -217,7 +221,10 @@ class Replication:
 
     def _on_reply(self, reply: dict[str, Any]) -> None:
         asked = {k: int(reply.get(k, 0)) for k in ("scrub", "rebalance")}
-        if self._requests is not None:
+        self._scrub_asked = asked["scrub"]
+        if self._requests is None:  # (what was asked before this daemon started is not for it)
+            self.scrub_counts["done"] = asked["scrub"]
+        else:
             if asked["scrub"] > self._requests["scrub"]:
                 self._scrub_pool = str(reply.get("scrub_pool") or "")
                 self._scrub_wake.set()
@@ -721,15 +728,18 @@ class Replication:
                 return
             self._scrub_wake.clear()
             pool, self._scrub_pool = self._scrub_pool, ""
+            serving = self._scrub_asked
             try:
                 await self.scrub(pool)
             except Exception:
                 log.exception("scrub failed")
+            else:
+                self.scrub_counts["done"] = max(self.scrub_counts["done"], serving)
 
     async def scrub(self, pool: str = "") -> None:
         m, me = self.cluster.map, self.cluster.id
         sc = self.scrub_counts
-        sc["running"] = True
+        sc["running"], sc["pass"] = True, 0
         log.info("scrub%s started", f" of pool {pool}" if pool else "")
         try:
             mine: list[tuple[Record, list[int]]] = []  # objects this daemon is primary of
@@ -742,6 +752,7 @@ class Replication:
                         continue
                     up = [i for i in placed[1] if m.daemons[i].up]
                     sc["objects"] += 1
+                    sc["pass"] += 1
                     if not await self._verify(r):
                         sc["errors"] += 1
                         if await self._repair_own(r, [i for i in up if i != me]):

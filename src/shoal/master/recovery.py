@@ -57,6 +57,7 @@ class RecoveryReports:
         rec: dict[str, Any] = dict.fromkeys(_COUNTS, 0)
         scrub: dict[str, Any] = dict.fromkeys(_SCRUB, 0)
         rate, recovering, scrubbing, unknown = 0.0, 0, 0, 0
+        done: list[int] = []  # the last scrub request each daemon up has answered
         for i, d in m.daemons.items():
             f = self.latest.get(i)
             if not d.up:
@@ -70,6 +71,8 @@ class RecoveryReports:
                 scrub[k] += int(f.get("scrub", {}).get(k, 0))
             recovering += 0 if f.get("current") and f.get("epoch") == m.epoch else 1
             scrubbing += 1 if f.get("scrub", {}).get("running") else 0
+            scrub["pass"] = scrub.get("pass", 0) + int(f.get("scrub", {}).get("pass", 0))
+            done.append(int(f.get("scrub", {}).get("done", 0)))
             h = self.history.get(i)
             if h and len(h) > 1 and h[-1][0] > h[0][0]:
                 rate += max(0, h[-1][1] - h[0][1]) / (h[-1][0] - h[0][0])
@@ -78,4 +81,6 @@ class RecoveryReports:
         rec["eta"] = round(left / rate, 1) if rate > 0 and left else (0.0 if not left else None)
         rec["recovering"] = recovering + unknown
         scrub["running"] = scrubbing
+        scrub["pass"] = scrub.get("pass", 0)
+        scrub["done"] = min(done) if done and not unknown else 0
         return rec, scrub
