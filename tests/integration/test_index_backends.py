@@ -1,7 +1,8 @@
 """The name index on real Redis and PostgreSQL servers: the contract of
 tests/unit/test_index_sqlite.py on each, then what sharing a server brings: two gateways'
-indexes seeing each other's writes, concurrent writers of one key, and a server that stops
-and comes back under an open index."""
+indexes seeing each other's writes, concurrent writers of one key, a server that stops and
+comes back under an open index, and what an earlier version of shoal left in a server (no
+MD5)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from shoal.index import Index, IndexUnavailable, open_index
+from shoal.index import Entry, Index, IndexUnavailable, open_index
 from tests.servers import PostgresServer, RedisServer, postgres_server, redis_server
-from tests.unit.test_index_sqlite import NS, IndexContract, entry, random_ops
+from tests.unit.test_index_sqlite import M1, M2, NS, H, IndexContract, entry, random_ops
 
 Server = RedisServer | PostgresServer
 
@@ -169,6 +171,61 @@ async def test_a_refused_login_names_its_cause_and_not_the_password(server: Serv
             await index.ping()
     assert str(error.value).startswith(f"index {index.url} is unavailable: ")
     assert cause in str(error.value) and "secret" not in str(error.value)
+
+
+# what shoal wrote before entries had an MD5, verbatim: PostgreSQL's table, Redis's records
+_PG_TABLE_1 = """CREATE TABLE shoal_index (
+    ns text NOT NULL, key bytea NOT NULL, version bigint NOT NULL, deleted boolean NOT NULL,
+    size bigint NOT NULL, hash bytea, mtime double precision NOT NULL, meta jsonb NOT NULL,
+    PRIMARY KEY (ns, key))"""
+_REDIS_OLD = b'{"v":"3","m":"1700000000.5","d":false,"s":5,"h":"%s","x":{}}' % H.hex().encode()
+
+
+def _write_old_rows(server: Server) -> None:
+    """A live row "old" (version 3, no MD5) and a tombstone "gone" (version 4) in `server`,
+    as shoal wrote them before the MD5, in place of whatever is there."""
+    if isinstance(server, RedisServer):
+        import redis
+
+        r = redis.Redis.from_url(server.url)
+        try:
+            r.flushdb()
+            r.hset(f"shoal:index:rows:{NS}", b"old", _REDIS_OLD)
+            r.zadd(f"shoal:index:live:{NS}", {b"old": 0})
+            r.hset(f"shoal:index:rows:{NS}", b"gone", b'{"v":"4","m":"1700000000.5","d":true}')
+            r.sadd("shoal:index:namespaces", NS)
+        finally:
+            r.close()
+        return
+    import psycopg
+
+    with psycopg.connect(server.url, autocommit=True) as db:
+        db.execute("DROP TABLE IF EXISTS shoal_index")
+        db.execute(_PG_TABLE_1)
+        db.execute("CREATE INDEX shoal_index_live ON shoal_index (ns, key) WHERE NOT deleted")
+        db.execute(
+            "INSERT INTO shoal_index VALUES (%s, 'old', 3, false, 5, %s, 1700000000.5, '{}'),"
+            " (%s, 'gone', 4, true, 0, NULL, 1700000000.5, '{}')",
+            (NS, H, NS),
+        )
+
+
+@pytest.mark.asyncio
+async def test_what_an_earlier_version_left_is_taken_as_it_is(server: Server) -> None:
+    _write_old_rows(server)
+    old = Entry(5, H, 3, 1700000000.5)
+    # two gateways starting on it at once (PostgreSQL: the column is added once)
+    async with open_index(server.url) as one, open_index(server.url) as two:
+        try:
+            got = await asyncio.gather(one.get(NS, "old"), two.get(NS, "old"))
+            assert got == [old, old] and await one.list(NS) == [("old", old)]
+            assert not await two.put(NS, "gone", entry(4)), "its tombstone still counts"
+            assert await one.amend(NS, "old", replace(old, md5=M1))
+            assert await two.get(NS, "old") == replace(old, md5=M1)
+            assert await two.put(NS, "new", replace(entry(1), md5=M2))
+            assert (await one.get(NS, "new") or entry(0)).md5 == M2
+        finally:
+            await one.drop(NS)
 
 
 def test_a_missing_server_binary_fails_and_names_the_package(

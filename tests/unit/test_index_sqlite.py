@@ -1,15 +1,19 @@
 """The name index on SQLite, and the contract every backend keeps (`IndexContract`, run here
 on SQLite and by tests/integration/test_index_backends.py on Redis and PostgreSQL): newer
 versions win, tombstones included; hide then delete; bytewise listings with prefix, start and
-limit among tombstones; rebuild; drop; namespaces; the key limit; the URL forms."""
+limit among tombstones; rebuild; drop; namespaces; the key limit; the URL forms; an entry's
+MD5 (kept with its version, amended later), and a file made before the MD5 existed."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import sqlite3
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,6 +27,7 @@ from shoal.index.sqlite import SqliteIndex
 
 NS = "pool"
 H = bytes(range(32))
+M1, M2 = bytes(range(16)), bytes(range(100, 116))  # MD5s
 
 # keys whose bytewise order differs from a naive one: prefixes of others, a space and a slash
 # (both below letters), upper case below lower, and multi-byte UTF-8 above ASCII
@@ -349,6 +354,74 @@ class IndexContract:
     async def test_ping(self, index: Index) -> None:
         await index.ping()
 
+    async def test_the_md5_goes_with_its_version(self, index: Index) -> None:
+        e1 = replace(entry(1, size=3), md5=M1)
+        assert await index.put(NS, "k", e1)
+        assert await index.get(NS, "k") == e1 and (await index.list(NS))[0][1].md5 == M1
+        assert not await index.put(NS, "k", replace(entry(1), md5=M2)), "the same version"
+        assert (await index.get(NS, "k") or entry(0)).md5 == M1
+        assert await index.put(NS, "k", entry(2)), "a new value, its MD5 not known"
+        assert (await index.get(NS, "k") or entry(0)).md5 is None
+        e3 = replace(entry(3), md5=M2)
+        await index.put(NS, "k", e3)
+        hidden = await index.hide(NS, "k")
+        assert hidden == e3, "hide returns the MD5 with the entry"
+        assert await index.restore(NS, "k", e3) and await index.get(NS, "k") == e3
+        await index.hide(NS, "k")
+        await index.delete(NS, "k", 4)
+        assert await index.put(NS, "k", replace(entry(5), md5=M1))
+        assert (await index.get(NS, "k") or entry(0)).md5 == M1
+        await index.put(NS, "t", replace(tombstone(1), md5=M1))  # (a tombstone keeps none)
+        assert await index.put(NS, "t", entry(2)) and (await index.get(NS, "t") or e1).md5 is None
+        for bad in (b"", b"x" * 15, b"x" * 32):
+            with pytest.raises(InvalidArgument):
+                await index.put(NS, "bad", replace(entry(1), md5=bad))
+            with pytest.raises(InvalidArgument):
+                await index.amend(NS, "k", replace(entry(5), md5=bad))
+        assert await index.get(NS, "bad") is None
+
+    async def test_amend_changes_only_the_live_entry_at_its_version(self, index: Index) -> None:
+        e2 = entry(2, size=4, content_type="a")
+        assert not await index.amend(NS, "k", replace(e2, md5=M1)), "no entry: nothing"
+        assert await index.get(NS, "k") is None and await listed(index) == []
+        await index.put(NS, "k", e2)
+        assert not await index.amend(NS, "k", replace(entry(1), md5=M1)), "an older version"
+        assert not await index.amend(NS, "k", replace(entry(3), md5=M1)), "a newer version"
+        assert await index.get(NS, "k") == e2
+        assert await index.amend(NS, "k", replace(e2, md5=M1))
+        assert await index.get(NS, "k") == replace(e2, md5=M1)
+        assert await index.list(NS) == [("k", replace(e2, md5=M1))]
+        assert await index.amend(NS, "k", replace(e2, md5=M2)), "(what it says replaces)"
+        assert (await index.get(NS, "k") or e2).md5 == M2
+        assert not await index.put(NS, "k", replace(e2, md5=M1)), "amend is not a new version"
+        hidden = await index.hide(NS, "k")
+        assert not await index.amend(NS, "k", replace(e2, md5=M1)), "a delete under way"
+        assert await index.get(NS, "k") is None and await listed(index) == []
+        assert hidden is not None and await index.restore(NS, "k", hidden)
+        await index.delete(NS, "k", 3)
+        assert not await index.amend(NS, "k", replace(entry(3), md5=M1)), "a tombstone"
+        assert await index.get(NS, "k") is None
+        assert not await index.amend("other", "k", replace(e2, md5=M1)), "another namespace"
+
+    async def test_rebuild_keeps_an_md5_it_cannot_know(self, index: Index) -> None:
+        """A rebuild's items come from the daemons, which keep no MD5: an entry of the same
+        version keeps the MD5 it has; a newer one comes without (amend adds it later)."""
+        old = time.time() - 100
+        await index.put(NS, "same", replace(entry(3, mtime=old), md5=M1))
+        await index.put(NS, "older", replace(entry(3, mtime=old), md5=M1))
+
+        async def items() -> AsyncIterator[tuple[str, Entry]]:
+            yield "same", entry(3, mtime=old)
+            yield "older", entry(4, mtime=old)
+            yield "new", replace(entry(1, mtime=old), md5=M2)  # (an item that knows it)
+
+        assert await index.rebuild(NS, items(), time.time()) == (3, 0)
+        assert (await index.get(NS, "same") or entry(0)).md5 == M1
+        assert (await index.get(NS, "older") or entry(0)).md5 is None
+        assert (await index.get(NS, "new") or entry(0)).md5 == M2
+        assert await index.amend(NS, "older", replace(entry(4, mtime=old), md5=M2))
+        assert (await index.get(NS, "older") or entry(0)).md5 == M2
+
 
 class TestSqliteIndex(IndexContract):
     @pytest_asyncio.fixture
@@ -427,3 +500,46 @@ def test_list_matches_a_sorted_model(ops: list[Op]) -> None:
 
     with tempfile.TemporaryDirectory() as directory:
         asyncio.run(run(directory))
+
+
+# the schema of the files shoal made before entries had an MD5, verbatim
+_SCHEMA_1 = """
+CREATE TABLE IF NOT EXISTS entries (
+    ns TEXT NOT NULL, key BLOB NOT NULL, version INTEGER NOT NULL, deleted INTEGER NOT NULL,
+    size INTEGER NOT NULL, hash BLOB, mtime REAL NOT NULL, meta TEXT NOT NULL,
+    PRIMARY KEY (ns, key)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entries_live ON entries (ns, key) WHERE deleted = 0;
+"""
+
+
+def old_file(path: Path) -> None:
+    """An index file as shoal made it before the MD5: a live row and a tombstone."""
+    db = sqlite3.connect(path)
+    with contextlib.closing(db), db:
+        db.executescript(_SCHEMA_1)
+        db.execute("INSERT INTO entries VALUES (?, ?, 3, 0, 5, ?, 1700000000.5, '{}')",
+                   (NS, b"old", H))  # fmt: skip
+        db.execute("INSERT INTO entries VALUES (?, ?, 4, 1, 0, NULL, 1700000000.5, '{}')",
+                   (NS, b"gone"))  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_a_file_made_before_the_md5_is_taken_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "index.db"
+    old_file(path)
+    # two processes' indexes opening it at once: the column is added once
+    async with open_index(str(path)) as one, open_index(str(path)) as two:
+        await asyncio.gather(one.ping(), two.ping())
+        old = Entry(5, H, 3, 1700000000.5)
+        assert await one.get(NS, "old") == old and await two.list(NS) == [("old", old)]
+        assert not await one.put(NS, "gone", entry(4)), "its tombstone still counts"
+        assert await two.amend(NS, "old", replace(old, md5=M1))
+        assert await one.get(NS, "old") == replace(old, md5=M1)
+        assert await one.put(NS, "new", replace(entry(1), md5=M2))
+        assert (await two.get(NS, "new") or entry(0)).md5 == M2
+    db = sqlite3.connect(path)
+    with contextlib.closing(db):
+        columns = [r[1] for r in db.execute("PRAGMA table_info(entries)")]
+    assert columns.count("md5") == 1
+    async with open_index(str(path)) as again:  # opened again: nothing more to do
+        assert (await again.get(NS, "old") or entry(0)).md5 == M1

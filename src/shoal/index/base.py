@@ -5,6 +5,14 @@ and `rebuild` makes the index again from them. Several gateways may share one in
 write is ordered by the object's version (given by the storage cluster): a write applies only
 when its version is newer than the stored one, tombstones included, and each write is atomic
 per key across processes. Keys are ordered bytewise in UTF-8, the order S3 lists in.
+
+An entry's MD5 (minikeyvalue's Content-Md5, S3's ETag) is the one thing in it that the
+daemons do not keep: the gateway computes it while a PUT's body streams in and stores it here.
+A rebuild cannot give it back (its entries come from the daemons' key stores), and rows made
+by versions of shoal before it have none: `amend` adds it later to the row of that very
+version, which a gateway does the first time a HEAD asks for it (shoal.gateway.http). Every
+backend takes a database made before the field existed as it is (SQLite and PostgreSQL add
+the column when they open it, Redis reads records without it as without an MD5).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ class Entry:
     mtime: float  # unix seconds, when the gateway wrote it
     meta: dict[str, str] = field(default_factory=dict)  # content-type, x-amz-meta-*
     deleted: bool = False  # a tombstone
+    md5: bytes | None = None  # MD5 of the value (16 bytes), if known; None on tombstones
 
 
 def tombstone(version: int, mtime: float | None = None) -> Entry:
@@ -83,6 +92,12 @@ class Index(abc.ABC):
     async def restore(self, ns: str, key: str, entry: Entry) -> bool:
         """Undo `hide` (the delete that hid `entry` failed): the entry is live again if the
         key's row is still the tombstone `hide` left (at entry.version). Whether it was."""
+
+    @abc.abstractmethod
+    async def amend(self, ns: str, key: str, entry: Entry) -> bool:
+        """Replace the live entry at exactly `entry.version` (the same object, with more known
+        of it: the MD5 a rebuild could not give) by `entry`. Nothing else changes: a key
+        hidden or deleted, or at another version, stays as it is. Returns whether it applied."""
 
     async def delete(self, ns: str, key: str, version: int) -> None:
         """A tombstone at `version` (mtime now), if `version` is newer than what is stored."""
@@ -172,6 +187,8 @@ def key_range(prefix: str, start: str, limit: int) -> tuple[bytes, bytes | None]
 def checked(entry: Entry) -> Entry:
     if not 0 <= entry.version < 2**53:
         raise InvalidArgument(f"version {entry.version}: must be in [0, 2**53)")
+    if entry.md5 is not None and len(entry.md5) != 16:
+        raise InvalidArgument(f"an MD5 is 16 bytes, not {len(entry.md5)}")
     return entry
 
 

@@ -5,7 +5,8 @@ index over live rows keeps listings fast among tombstones. A put is one INSERT .
 DO UPDATE ... WHERE the stored version is older, atomic across gateways. Connections come from
 a pool that checks each one before use, so those broken by a server restart are replaced; a
 server that is down gives IndexUnavailable after a few seconds. The schema is created on the
-first operation that reaches the server.
+first operation that reaches the server; the column md5, added after the first tables were
+made, is added then to a table that lacks it (NULL in every row), once per process.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -58,15 +60,20 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS shoal_index (
         ns text NOT NULL, key bytea NOT NULL, version bigint NOT NULL, deleted boolean NOT NULL,
         size bigint NOT NULL, hash bytea, mtime double precision NOT NULL, meta jsonb NOT NULL,
-        PRIMARY KEY (ns, key))""",
+        md5 bytea, PRIMARY KEY (ns, key))""",
     "CREATE INDEX IF NOT EXISTS shoal_index_live ON shoal_index (ns, key) WHERE NOT deleted",
 ]
 
+# columns added since the first schema: (name, type), added where missing (checked first: an
+# ALTER TABLE takes the table's strongest lock even when it has nothing to do)
+_ADDED = [("md5", "bytea")]
+
 _UPSERT = """
-INSERT INTO shoal_index AS t (ns, key, version, deleted, size, hash, mtime, meta)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+INSERT INTO shoal_index AS t (ns, key, version, deleted, size, hash, mtime, meta, md5)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (ns, key) DO UPDATE SET version = excluded.version, deleted = excluded.deleted,
-    size = excluded.size, hash = excluded.hash, mtime = excluded.mtime, meta = excluded.meta
+    size = excluded.size, hash = excluded.hash, mtime = excluded.mtime, meta = excluded.meta,
+    md5 = excluded.md5
 WHERE t.version < excluded.version
 """
 
@@ -81,20 +88,50 @@ _REBUILD_UPSERT = (
 
 # a hidden entry back, if the tombstone is still the one hide() made
 _RESTORE = """
-UPDATE shoal_index SET deleted = false, size = %s, hash = %s, mtime = %s, meta = %s
+UPDATE shoal_index SET deleted = false, size = %s, hash = %s, mtime = %s, meta = %s, md5 = %s
 WHERE ns = %s AND key = %s AND version = %s AND deleted RETURNING 1
 """
 
-_COLUMNS = "size, hash, version, mtime, meta, deleted"
+# the live entry at its version, with more known of it
+_AMEND = """
+UPDATE shoal_index SET size = %s, hash = %s, mtime = %s, meta = %s, md5 = %s
+WHERE ns = %s AND key = %s AND version = %s AND NOT deleted RETURNING 1
+"""
+
+_COLUMNS = "size, hash, version, mtime, meta, deleted, md5"
 
 
 def _row(ns: str, key: bytes, e: Entry) -> tuple[Any, ...]:
-    return (ns, key, e.version, e.deleted, e.size, e.hash, e.mtime, Jsonb(e.meta))
+    md5 = None if e.deleted else e.md5
+    return (ns, key, e.version, e.deleted, e.size, e.hash, e.mtime, Jsonb(e.meta), md5)
+
+
+def _changes(ns: str, key: str, entry: Entry) -> tuple[Any, ...]:
+    """The arguments of _RESTORE and _AMEND: the entry's fields, then the row's (ns, key,
+    version)."""
+    ns_, raw, version, _, size, hash_, mtime, meta, md5 = _row(ns, encode_key(key), checked(entry))
+    return (size, hash_, mtime, meta, md5, ns_, raw, version)
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
-    size, hash_, version, mtime, meta, deleted = row
-    return Entry(size, None if hash_ is None else bytes(hash_), version, mtime, meta, deleted)
+    size, hash_, version, mtime, meta, deleted, md5 = row
+    return Entry(
+        size, None if hash_ is None else bytes(hash_), version, mtime, meta, deleted,
+        None if md5 is None else bytes(md5),
+    )  # fmt: skip
+
+
+async def _migrate(conn: psycopg.AsyncConnection[Any]) -> None:
+    """(In the schema's transaction, under its lock.) The columns a table made by an earlier
+    version lacks."""
+    cursor = await conn.execute(
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_schema = current_schema() AND table_name = 'shoal_index'"
+    )
+    have = {r[0] for r in await cursor.fetchall()}
+    for name, kind in _ADDED:
+        if name not in have:
+            await conn.execute(f"ALTER TABLE shoal_index ADD COLUMN {name} {kind}")
 
 
 class PostgresIndex(Index):
@@ -123,6 +160,7 @@ class PostgresIndex(Index):
                         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                         for statement in _SCHEMA:
                             await conn.execute(statement)
+                        await _migrate(conn)
                     self._ready = True
                 yield conn
         except PoolTimeout as e:
@@ -192,15 +230,18 @@ class PostgresIndex(Index):
                 return None
             await conn.execute(
                 "UPDATE shoal_index SET deleted = true, size = 0, hash = NULL, mtime = %s,"
-                " meta = '{}' WHERE ns = %s AND key = %s",
+                " meta = '{}', md5 = NULL WHERE ns = %s AND key = %s",
                 (time.time(), ns, raw),
             )
         return _entry(row)
 
     async def restore(self, ns: str, key: str, entry: Entry) -> bool:
         check_ns(ns)
-        ns_, raw, version, _, size, hash_, mtime, meta = _row(ns, encode_key(key), checked(entry))
-        return bool(await self._fetch(_RESTORE, (size, hash_, mtime, meta, ns_, raw, version)))
+        return bool(await self._fetch(_RESTORE, _changes(ns, key, replace(entry, deleted=False))))
+
+    async def amend(self, ns: str, key: str, entry: Entry) -> bool:
+        check_ns(ns)
+        return bool(await self._fetch(_AMEND, _changes(ns, key, replace(entry, deleted=False))))
 
     async def list(
         self, ns: str, prefix: str = "", start: str = "", limit: int = 1000

@@ -4,7 +4,8 @@ Per namespace, a hash key -> entry (JSON; tombstones included) and a sorted set 
 keys only, all at score 0, so ZRANGEBYLEX lists them bytewise however many tombstones there
 are. Every change is a Lua script, so comparing versions and writing is atomic across
 gateways. In the JSON, the version and mtime are decimal strings: a script that rewrites an
-entry must not pass them through Lua's number formatting, which keeps 14 digits.
+entry must not pass them through Lua's number formatting, which keeps 14 digits. A live
+entry's MD5 is "5" (hex), absent from records made before it existed (read as no MD5).
 
 The client reconnects by itself; a server that is down or stops answering within a few
 seconds gives IndexUnavailable.
@@ -90,6 +91,16 @@ end
 return out
 """
 
+# KEYS rows; ARGV key, version, entry. The entry in place of the live one at that version.
+_AMEND = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then return 0 end
+local row = cjson.decode(old)
+if row.d or tonumber(row.v) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
 # KEYS rows, live, namespaces, seen; ARGV ns, ttl of seen, started, then key, version, entry,
 # deleted for each item. Returns how many items hold the stored version afterwards. A live
 # item also replaces a tombstone at its own version made before `started` (a delete that hid
@@ -155,12 +166,14 @@ def _record(e: Entry) -> bytes:
     body: dict[str, Any] = {"v": str(e.version), "m": repr(float(e.mtime)), "d": e.deleted}
     if not e.deleted:
         body |= {"s": e.size, "h": e.hash.hex() if e.hash is not None else None, "x": e.meta}
+        if e.md5 is not None:
+            body["5"] = e.md5.hex()
     return json.dumps(body, separators=(",", ":")).encode()
 
 
 def _entry(raw: bytes) -> Entry:
     body = json.loads(raw)
-    h = body.get("h")
+    h, md5 = body.get("h"), body.get("5")
     return Entry(
         size=body.get("s", 0),
         hash=bytes.fromhex(h) if h else None,
@@ -168,6 +181,7 @@ def _entry(raw: bytes) -> Entry:
         mtime=float(body["m"]),
         meta=body.get("x") or {},
         deleted=bool(body["d"]),
+        md5=bytes.fromhex(md5) if md5 else None,
     )
 
 
@@ -196,6 +210,7 @@ class RedisIndex(Index):
         self._put_many = self._client.register_script(_PUT_MANY)
         self._sweep = self._client.register_script(_SWEEP)
         self._restore = self._client.register_script(_RESTORE)
+        self._amend = self._client.register_script(_AMEND)
 
     @contextlib.contextmanager
     def _reaching(self) -> Iterator[None]:
@@ -247,6 +262,14 @@ class RedisIndex(Index):
         args: builtins.list[EncodableT] = [encode_key(key), live.version, _record(live)]
         with self._reaching():
             return bool(await self._restore(keys=_keys(ns), args=args))
+
+    async def amend(self, ns: str, key: str, entry: Entry) -> bool:
+        check_ns(ns)
+        live = replace(checked(entry), deleted=False)
+        rows, _ = _keys(ns)
+        args: builtins.list[EncodableT] = [encode_key(key), live.version, _record(live)]
+        with self._reaching():
+            return bool(await self._amend(keys=[rows], args=args))
 
     async def list(
         self, ns: str, prefix: str = "", start: str = "", limit: int = 1000

@@ -5,6 +5,10 @@ loop never blocks on the disk. WAL and a busy timeout let several processes shar
 every write is one statement or one IMMEDIATE transaction, so it is atomic across them. Keys
 are BLOBs of UTF-8, compared bytewise; a partial index over live rows keeps listings fast
 however many tombstones lie between them.
+
+The column md5 came after the first files were made: a file without it gets it (NULL in every
+row, `ALTER TABLE ... ADD COLUMN`, under the write lock, so that processes opening one file
+together add it once) when it is opened.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,16 +48,17 @@ BUSY_TIMEOUT_MS = 5000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     ns TEXT NOT NULL, key BLOB NOT NULL, version INTEGER NOT NULL, deleted INTEGER NOT NULL,
-    size INTEGER NOT NULL, hash BLOB, mtime REAL NOT NULL, meta TEXT NOT NULL,
+    size INTEGER NOT NULL, hash BLOB, mtime REAL NOT NULL, meta TEXT NOT NULL, md5 BLOB,
     PRIMARY KEY (ns, key)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entries_live ON entries (ns, key) WHERE deleted = 0;
 """
 
 _UPSERT = """
-INSERT INTO entries (ns, key, version, deleted, size, hash, mtime, meta)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO entries (ns, key, version, deleted, size, hash, mtime, meta, md5)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (ns, key) DO UPDATE SET version = excluded.version, deleted = excluded.deleted,
-    size = excluded.size, hash = excluded.hash, mtime = excluded.mtime, meta = excluded.meta
+    size = excluded.size, hash = excluded.hash, mtime = excluded.mtime, meta = excluded.meta,
+    md5 = excluded.md5
 WHERE entries.version < excluded.version
 """
 
@@ -68,23 +74,38 @@ _REBUILD_UPSERT = (
 
 # a hidden entry back, if the tombstone is still the one hide() made
 _RESTORE = """
-UPDATE entries SET deleted = 0, size = ?, hash = ?, mtime = ?, meta = ?
+UPDATE entries SET deleted = 0, size = ?, hash = ?, mtime = ?, meta = ?, md5 = ?
 WHERE ns = ? AND key = ? AND version = ? AND deleted = 1
 """
 
-_COLUMNS = "size, hash, version, mtime, meta, deleted"
+# the live entry at its version, with more known of it
+_AMEND = """
+UPDATE entries SET size = ?, hash = ?, mtime = ?, meta = ?, md5 = ?
+WHERE ns = ? AND key = ? AND version = ? AND deleted = 0
+"""
+
+_COLUMNS = "size, hash, version, mtime, meta, deleted, md5"
 
 _tables = itertools.count()
 
 
 def _row(ns: str, key: bytes, e: Entry) -> tuple[Any, ...]:
     meta = json.dumps(e.meta, separators=(",", ":"))
-    return (ns, key, e.version, int(e.deleted), e.size, e.hash, e.mtime, meta)
+    md5 = None if e.deleted else e.md5
+    return (ns, key, e.version, int(e.deleted), e.size, e.hash, e.mtime, meta, md5)
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
-    size, hash_, version, mtime, meta, deleted = row
-    return Entry(size, hash_, version, mtime, json.loads(meta), bool(deleted))
+    size, hash_, version, mtime, meta, deleted, md5 = row
+    return Entry(size, hash_, version, mtime, json.loads(meta), bool(deleted), md5)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Columns added since the first version of the schema, added to a file made before."""
+    with _transaction(db):
+        columns = {r[1] for r in db.execute("PRAGMA table_info(entries)")}
+        if "md5" not in columns:
+            db.execute("ALTER TABLE entries ADD COLUMN md5 BLOB")
 
 
 class SqliteIndex(Index):
@@ -114,6 +135,7 @@ class SqliteIndex(Index):
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = NORMAL")
                 db.executescript(_SCHEMA)
+                _migrate(db)
             except BaseException:
                 db.close()
                 raise
@@ -165,8 +187,8 @@ class SqliteIndex(Index):
                 if row is None:
                     return None
                 db.execute(
-                    "UPDATE entries SET deleted = 1, size = 0, hash = NULL, mtime = ?, meta = '{}'"
-                    " WHERE ns = ? AND key = ?",
+                    "UPDATE entries SET deleted = 1, size = 0, hash = NULL, mtime = ?, meta = '{}',"
+                    " md5 = NULL WHERE ns = ? AND key = ?",
                     (now, ns, raw),
                 )
                 return _entry(row)
@@ -175,9 +197,13 @@ class SqliteIndex(Index):
 
     async def restore(self, ns: str, key: str, entry: Entry) -> bool:
         check_ns(ns)
-        ns_, raw, version, _, size, hash_, mtime, meta = _row(ns, encode_key(key), checked(entry))
-        args = (size, hash_, mtime, meta, ns_, raw, version)
+        args = _changes(ns, key, replace(entry, deleted=False))
         return await self._run(lambda db: db.execute(_RESTORE, args).rowcount == 1)
+
+    async def amend(self, ns: str, key: str, entry: Entry) -> bool:
+        check_ns(ns)
+        args = _changes(ns, key, replace(entry, deleted=False))
+        return await self._run(lambda db: db.execute(_AMEND, args).rowcount == 1)
 
     async def list(
         self, ns: str, prefix: str = "", start: str = "", limit: int = 1000
@@ -252,6 +278,13 @@ class SqliteIndex(Index):
             SELECT ns FROM n WHERE ns IS NOT NULL"""
         rows = await self._run(lambda db: db.execute(sql).fetchall())
         return sorted(r[0] for r in rows)
+
+
+def _changes(ns: str, key: str, entry: Entry) -> tuple[Any, ...]:
+    """The arguments of _RESTORE and _AMEND: the entry's fields, then the row's (ns, key,
+    version)."""
+    ns_, raw, version, _, size, hash_, mtime, meta, md5 = _row(ns, encode_key(key), checked(entry))
+    return (size, hash_, mtime, meta, md5, ns_, raw, version)
 
 
 @contextlib.contextmanager
