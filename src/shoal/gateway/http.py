@@ -1,7 +1,9 @@
 """The HTTP gateway: minikeyvalue's API over one pool of the cluster.
 
     PUT /KEY            store the body (201); Content-MD5 checked when given; chunked or sized
-    GET|HEAD /KEY       the bytes (proxied; or, with redirect on, 302 to a daemon's endpoint)
+    GET|HEAD /KEY       the bytes (proxied; or, with redirect on, 302 to a daemon's endpoint);
+                        HEAD also gives Content-Md5, the MD5 of the value in hex (as
+                        minikeyvalue); a missing key is 404 with Content-Length: 0
     DELETE /KEY         204, or 404
     GET /PREFIX?list    {"next": "", "keys": ["/KEY", ...]}, `start` and `limit` for paging
 
@@ -14,7 +16,18 @@ records the deletion at the object's version, so that a slower PUT of an older v
 this gateway or another, cannot bring the key back.
 
 As in minikeyvalue, a PUT or DELETE of a key that this gateway is already changing is refused
-with 409 (retry), a PUT without a length (neither Content-Length nor chunked) with 411.
+with 409 (retry), a PUT without a length (neither Content-Length nor chunked) with 411. A PUT
+of a key that exists replaces its value. An empty value is a value (stored, listed, read back
+empty), as S3 and most stores have it; minikeyvalue refuses it (411), shoal does not.
+
+The MD5 lives in the name index beside the key (Entry.md5): the gateway computes it while the
+body streams in (runs of the body hashed in a worker thread: hashlib lets go of the GIL) and
+writes it with the listing entry. The daemons do not keep it, so a rebuilt index, or a row
+written by a version of shoal before it, has none: the first HEAD that finds none for the
+object's version reads the object, hashes it, and records it (`Index.amend`, or a new entry),
+once for all the HEADs that ask meanwhile; later HEADs take it from the index. A HEAD with the
+index unreachable answers without Content-Md5. GET does not look the MD5 up (it would cost
+every read a round trip to the index).
 """
 
 from __future__ import annotations
@@ -23,17 +36,20 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from email.utils import formatdate
 from typing import IO, Any
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
 from shoal.asgi import Receive, Scope, Send
+from shoal.client.client import ObjectInfo
 from shoal.client.cluster import ClusterClient, NoDaemon
 from shoal.errors import (
     Forbidden,
@@ -56,6 +72,7 @@ LIST_PAGE = 1000
 SLICE = 256 << 10  # bytes of a large reply handed to the server at a time
 READ_AHEAD = 2  # stripes of a large object fetched ahead of the client (memory per reader)
 IDLE_TIMEOUT = 60.0  # seconds a client may send nothing of its body (408), or take nothing
+HASH_OFF_LOOP = 256 << 10  # bytes hashed (MD5) at a time in a worker thread; less in place
 OCTETS = b"application/octet-stream"
 
 
@@ -193,6 +210,7 @@ class HttpGateway:
         self.auth = auth
         self.redirect, self.log, self.idle = redirect, request_log, idle_timeout
         self._busy: set[str] = set()
+        self._hashing: dict[str, asyncio.Task[tuple[ObjectInfo, bytes]]] = {}  # MD5s being read
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -220,7 +238,12 @@ class HttpGateway:
             elif not key:
                 raise InvalidArgument("which key? PUT|GET|HEAD|DELETE /KEY, or GET /PREFIX?list")
             elif method in ("GET", "HEAD"):
-                await self._get(x, scope, receive, key, method == "HEAD")
+                try:
+                    await self._get(x, scope, receive, key, method == "HEAD")
+                except NotFound:
+                    if x.started:
+                        raise
+                    await x.whole(404)  # as minikeyvalue: no body, Content-Length: 0
             elif method == "PUT":
                 x.unread = True
                 await self._put(x, scope, receive, key)
@@ -293,10 +316,15 @@ class HttpGateway:
     async def _get(
         self, x: _Exchange, scope: Scope, receive: Receive, key: str, head_only: bool
     ) -> None:
-        if self.redirect and await self._redirected(x, key):
+        md5: list[tuple[bytes, bytes]] = []
+        if head_only:
+            info, digest = await self._described(key)
+            if digest is not None:  # (uvicorn sends header names in lower case)
+                md5.append((b"content-md5", digest.hex().encode()))
+        if self.redirect and await self._redirected(x, key, md5):
             return
         if head_only:
-            info, reader = await self.client.stat(self.pool, key), None
+            reader = None
         else:
             reader = await self.client.open(self.pool, key)
             info = reader.info
@@ -304,6 +332,7 @@ class HttpGateway:
             (b"accept-ranges", b"bytes"),
             (b"last-modified", _http_date(info.mtime)),
             (b"content-type", OCTETS),
+            *md5,
         ]
         if info.hash is not None:
             headers.append((b"etag", b'"' + info.hash.hex().encode() + b'"'))
@@ -357,7 +386,68 @@ class HttpGateway:
             finally:
                 gone.cancel()
 
-    async def _redirected(self, x: _Exchange, key: str) -> bool:
+    async def _described(self, key: str) -> tuple[ObjectInfo, bytes | None]:
+        """A HEAD's object record (a stat) and MD5: the index's, if it has one for the version
+        found; if not, the object is read and hashed, and the MD5 recorded (one read for the
+        HEADs that ask meanwhile). No MD5 if the index cannot be reached."""
+        listed = asyncio.ensure_future(self._listed(key))
+        try:
+            info = await self.client.stat(self.pool, key)
+        except BaseException:
+            listed.cancel()
+            raise
+        entry, reachable = await listed
+        if entry is not None and entry.version == info.version and entry.md5 is not None:
+            return info, entry.md5
+        if not reachable:
+            return info, None
+        task = self._hashing.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._recorded_md5(key, entry))
+            self._hashing[key] = task
+            task.add_done_callback(functools.partial(self._hashed, key))
+        return await asyncio.shield(task)  # (a HEAD that goes does not stop the others')
+
+    def _hashed(self, key: str, task: asyncio.Task[tuple[ObjectInfo, bytes]]) -> None:
+        del self._hashing[key]
+        if not task.cancelled():
+            task.exception()  # (its HEADs have it, if any is left)
+
+    async def _listed(self, key: str) -> tuple[Entry | None, bool]:
+        """The key's index entry, and whether the index could be reached."""
+        try:
+            return await self.index.get(self.pool, key), True
+        except IndexUnavailable as exc:
+            log.warning("HEAD /%s without Content-Md5: %s", key, exc)
+            return None, False
+
+    async def _recorded_md5(self, key: str, listed: Entry | None) -> tuple[ObjectInfo, bytes]:
+        """Read the object and hash it; the version read and its MD5, recorded in the index:
+        on the entry of that version (`listed`, when it is that), else as a new entry, which
+        applies only if nothing newer is there (a tombstone included)."""
+        reader = await self.client.open(self.pool, key)
+        info, hasher = reader.info, hashlib.md5()
+        pieces = reader.pieces(ahead=READ_AHEAD)
+        async with contextlib.aclosing(pieces):  # (a striped object's BLAKE3 checked too)
+            async for piece in pieces:
+                if len(piece) >= HASH_OFF_LOOP:
+                    await asyncio.to_thread(hasher.update, piece)
+                else:
+                    hasher.update(piece)
+        md5 = hasher.digest()
+        try:
+            if listed is not None and listed.version == info.version:
+                await self.index.amend(self.pool, key, replace(listed, md5=md5))
+            else:
+                entry = Entry(info.size, info.hash, info.version, info.mtime, md5=md5)
+                await self.index.put(self.pool, key, entry)
+        except IndexUnavailable as exc:  # (the next HEAD reads it again)
+            log.warning("HEAD /%s: its MD5 is not recorded: %s", key, exc)
+        return info, md5
+
+    async def _redirected(
+        self, x: _Exchange, key: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> bool:
         """302 to the read endpoint of a daemon holding `key`, if it is stored whole there,
         with a URL signed for a minute (shoal.cluster.auth.sign_read)."""
         if not await self.client.stored_whole(self.pool, key):
@@ -368,7 +458,7 @@ class HttpGateway:
             if d.up and d.http_address:
                 url = f"http://{d.http_address}/{quote(self.pool, safe='')}/{quote(key)}?"
                 url += await self.client.sign_read(self.pool, key)
-                await x.whole(302, b"", [(b"location", url.encode())])
+                await x.whole(302, b"", [(b"location", url.encode()), *(headers or [])])
                 return True
         return False
 
@@ -400,12 +490,15 @@ class HttpGateway:
                 expected = b""
             if len(expected) != 16:
                 raise InvalidArgument("Content-MD5 is the base64 of a 16-byte MD5")
+        md5 = _Md5()
         with self._changing(key):
             stored = await self.client.put_stream(
-                self.pool, key, size, _body(x, receive, size, expected, self.idle)
+                self.pool, key, size, _body(x, receive, size, md5, expected, self.idle)
             )
+            if md5.value is None:  # (put_stream takes the whole body before it stores)
+                raise ShoalError("internal: stored before the whole body was read")
             version = stored.version or 0
-            entry = Entry(stored.size, stored.hash, version, time.time())
+            entry = Entry(stored.size, stored.hash, version, time.time(), md5=md5.value)
             try:
                 await self.index.put(self.pool, key, entry)
             except IndexUnavailable as exc:
@@ -470,13 +563,57 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+class _Md5:
+    """The MD5 of a body as it arrives (`value`, once `finish` has run). Runs of
+    HASH_OFF_LOOP bytes are hashed in a worker thread (hashlib lets go of the GIL on large
+    buffers) while the next pieces arrive, so that the event loop does not spend ~1.4 ms a
+    MiB on it; what is left at the end (all of a small body) is hashed in place."""
+
+    __slots__ = ("hasher", "pending", "running", "size", "value")
+
+    def __init__(self) -> None:
+        self.hasher = hashlib.md5()
+        self.pending: list[bytes] = []
+        self.size = 0  # bytes pending
+        self.running: asyncio.Future[None] | None = None
+        self.value: bytes | None = None
+
+    async def add(self, piece: bytes) -> None:
+        self.pending.append(piece)
+        self.size += len(piece)
+        if self.size >= HASH_OFF_LOOP:
+            if self.running is not None:
+                await self.running  # (one run at a time: MD5 is sequential)
+            run, self.pending, self.size = self.pending, [], 0
+            loop = asyncio.get_running_loop()
+            self.running = loop.run_in_executor(None, _update, self.hasher, run)
+
+    async def finish(self) -> bytes:
+        if self.running is not None:
+            await self.running
+            self.running = None
+        _update(self.hasher, self.pending)
+        self.pending, self.size = [], 0
+        self.value = self.hasher.digest()
+        return self.value
+
+
+def _update(hasher: Any, pieces: list[bytes]) -> None:
+    for piece in pieces:
+        hasher.update(piece)
+
+
 async def _body(
-    x: _Exchange, receive: Receive, size: int | None, md5: bytes | None, idle: float
+    x: _Exchange,
+    receive: Receive,
+    size: int | None,
+    md5: _Md5,
+    expected: bytes | None,
+    idle: float,
 ) -> AsyncIterator[bytes]:
-    """The request body as it comes; ClientGone if the client leaves before its end,
-    BodyTimeout if it sends nothing for `idle` seconds, BadDigest (after the last piece) if
-    it does not match `md5`."""
-    hasher = hashlib.md5() if md5 is not None else None
+    """The request body as it comes, hashed into `md5`; ClientGone if the client leaves
+    before its end, BodyTimeout if it sends nothing for `idle` seconds, BadDigest (after the
+    last piece) if it does not match `expected` (a Content-MD5)."""
     got = 0
     while True:
         try:
@@ -492,11 +629,11 @@ async def _body(
         piece = msg.get("body", b"")
         if piece:
             got += len(piece)
-            if hasher is not None:
-                hasher.update(piece)
+            await md5.add(piece)
             yield piece
         if not msg.get("more_body", False):
             break
     x.unread = False
-    if hasher is not None and hasher.digest() != md5:
+    digest = await md5.finish()
+    if expected is not None and digest != expected:
         raise BadDigest("the body does not match its Content-MD5: nothing was stored")
