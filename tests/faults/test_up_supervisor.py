@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +22,11 @@ import pytest
 
 from shoal.client.cluster import ClusterClient
 from tests.faults.replication_helpers import Ledger, Load, verify_all, wait_clean
-from tests.integration.cluster_helpers import all_exited, pids_under, shoal, shoal_env
-from tests.integration.up_helpers import Up
+from tests.integration.cluster_helpers import all_exited, pids_under, shoal
+from tests.integration.up_helpers import Up, up_fixture  # noqa: F401 - (the fixture `up`)
 
 pytestmark = pytest.mark.slow
 POOL = "default"
-
-
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[Up]:
-    u = Up(tmp_path, shoal_env(tmp_path / "home"))
-    yield u
-    u.kill()
-    for blocks in (tmp_path / "shoal-data").glob("daemon*/blocks"):
-        blocks.unlink()
 
 
 async def until(probe: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:

@@ -10,34 +10,21 @@ import re
 import socket
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import SHOAL
 from tests.integration.cluster_helpers import (
     eventually_sync,
     pids_under,
     shoal,
-    shoal_env,
 )
-from tests.integration.up_helpers import Up
+from tests.integration.up_helpers import Up, up_fixture  # noqa: F401 - (the fixture `up`)
 
 _UP = re.compile(
     r"shoal is up: master (127\.0\.0\.1:\d+) \(TLS\), 3 of 3 daemons up, pools: default\b.*\n"
 )
 _KEY = re.compile(r"admin key \(shown once; also in shoal-data/client\.json, mode 0600\):\n"
                   r"  access key: (\S+)\n  secret key: (\S+)\n")  # fmt: skip
-
-
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[Up]:
-    u = Up(tmp_path, shoal_env(tmp_path / "home"))
-    yield u
-    u.kill()
-    for blocks in (tmp_path / "shoal-data").glob("daemon*/blocks"):
-        blocks.unlink()
 
 
 def test_shoal_up_first_start_stop_and_restart(up: Up, tmp_path: Path) -> None:

@@ -10,11 +10,20 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import SHOAL
-from tests.integration.cluster_helpers import all_exited, children_of, pids_under, stop_process
+from tests.integration.cluster_helpers import (
+    all_exited,
+    children_of,
+    pids_under,
+    shoal_env,
+    stop_process,
+)
 
 
 class Up:
@@ -88,3 +97,13 @@ class Up:
         pid = self.processes()[name]["pid"]
         assert isinstance(pid, int), self.processes()[name]
         return pid
+
+
+@pytest.fixture(name="up")
+def up_fixture(tmp_path: Path) -> Iterator[Up]:
+    """`shoal up` in this test's folder, killed (whatever is left of it) at the end."""
+    u = Up(tmp_path, shoal_env(tmp_path / "home"))
+    yield u
+    u.kill()
+    for blocks in (tmp_path / "shoal-data").glob("daemon*/blocks"):
+        blocks.unlink()
