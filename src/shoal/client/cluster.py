@@ -110,8 +110,11 @@ class ClusterClient:
         await self.close()
 
     async def connect(self) -> None:
-        await self._auth()
-        await self.refresh()
+        # One trip: the ticket and the map (a master that sends no map is asked for it).
+        reply = await self._auth(with_map=True)
+        self._take(reply)
+        if self.map.epoch < int(reply.get("epoch", 0)):
+            await self.refresh()
         self._follow = asyncio.ensure_future(self._follow_loop())
 
     async def close(self) -> None:
@@ -165,10 +168,15 @@ class ClusterClient:
             reply, _ = await conn.request(op, meta)
         return reply
 
-    async def _auth(self) -> None:
-        reply = await self._ask(Op.AUTH, {"access_key": self.access_key, "secret": self.secret})
+    async def _auth(self, with_map: bool = False) -> dict[str, Any]:
+        """A new ticket; `with_map`: the map since this client's epoch too (as MAP answers)."""
+        meta: dict[str, Any] = {"access_key": self.access_key, "secret": self.secret}
+        if with_map:
+            meta["since"] = self.map.epoch
+        reply: dict[str, Any] = await self._ask(Op.AUTH, meta)
         self.ticket = bytes(reply["ticket"])
         self._ticket_until = time.monotonic() + float(reply.get("ttl", 3600)) * 0.8
+        return reply
 
     async def _ticket(self) -> bytes:
         if self.ticket is None or time.monotonic() > self._ticket_until:

@@ -185,7 +185,10 @@ class Master:
             if op == Op.HEARTBEAT:
                 return await self._heartbeat(meta)
         elif op == Op.AUTH:
-            return self._auth(meta)
+            reply = self._auth(meta)
+            if "since" in meta:  # and the map, in the same trip (a client that connects)
+                reply.update(await self._map_request({"since": meta["since"]}))
+            return reply
         elif op == Op.ADMIN:
             ticket = verify(self.ticket_key, meta.get("ticket"))
             return await self._admin(ticket, str(meta.get("cmd", "")), meta.get("args") or {})
