@@ -46,6 +46,7 @@ bench: install-bench
 	$(BIN)/python -m bench.daemon
 	$(BIN)/python -m bench.replication
 	$(BIN)/python -m bench.http
+	$(BIN)/python -m bench.cli
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
