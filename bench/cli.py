@@ -24,7 +24,7 @@ run with that variable set does, as on these machines). The goal: a small `shoal
 `read` and `stat` in <= 0.3 s wall (median of the runs) with the bytecode cached.
 
 Prints the medians and p90s, each command over `python -c pass`, and writes
-bench/results/cli-<date>.json and bench/results/cli-latest.json.
+bench/results/cli.json.
 
     .venv/bin/python -m bench.cli [--dir DIR] [--quick] [--runs N]
 """
@@ -48,13 +48,12 @@ from statistics import median, quantiles
 from typing import Any
 
 import shoal
+from bench import write_result
 from bench.daemon import cpu_of, machine_busy
 from bench.engine import arguments, git, log
 from bench.replication import machine_info
 from shoal.up import LocalCluster
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 GOAL_S = 0.3
 POOL = "default"
 TEXT = "hello from bench.cli"  # the object's bytes (20)
@@ -365,12 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"FAILURES ({len(runner.failures)}): " + "; ".join(runner.failures[:5]))
     print(f"wall {result['wall_s']} s; load average at start {load0[0]:.2f}, end "
           f"{os.getloadavg()[0]:.2f}")  # fmt: skip
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(result, indent=2) + "\n"
-    out = RESULTS / f"cli-{started:%Y%m%d-%H%M%S}.json"
-    out.write_text(text)
-    (RESULTS / "cli-latest.json").write_text(text)
-    print(f"results: {out.relative_to(REPO)} (and cli-latest.json)")
+    write_result("cli", result)
     return 1 if runner.failures else 0
 
 

@@ -12,7 +12,7 @@ four times, shoal, nginx, nginx, shoal (both servers stay up), and each server's
 averaged: the machine is noisy.
 
 Prints a table of shoal / nginx ratios against the goals and writes the figures to
-bench/results/daemon-<date>.json and bench/results/daemon-latest.json.
+bench/results/daemon.json.
 
     .venv/bin/python -m bench.daemon [--dir DIR] [--quick] [--via connection|asyncclient]
 """
@@ -41,11 +41,10 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from bench import RESULTS, write_result
 from bench.engine import KiB, MiB, arguments, git, log, machine
 from shoal.daemon.process import spawn
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 SMALL, BIG = 4 * KiB, 4 * MiB
 TICK = os.sysconf("SC_CLK_TCK")
 POOL = "bench"  # shoal namespace
@@ -719,7 +718,7 @@ def recent_deletes_warning() -> str | None:
     """The previous run deleted its nginx files; ext4 creates files slowly for minutes after a
     mass delete, which would slow nginx's PUTs here."""
     try:
-        prev = json.loads((RESULTS / "daemon-latest.json").read_text())
+        prev = json.loads((RESULTS / "daemon.json").read_text())
         ended = datetime.fromisoformat(prev["ended"])
     except (OSError, KeyError, ValueError):
         return None
@@ -835,12 +834,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if warning:
         print(f"warning: {warning}")
     print(f"wall {result['wall_s']} s; load average at start {load0[0]:.2f}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(result, indent=2) + "\n"
-    out = RESULTS / f"daemon-{started:%Y%m%d-%H%M%S}.json"
-    out.write_text(text)
-    (RESULTS / "daemon-latest.json").write_text(text)
-    print(f"results: {out.relative_to(REPO)} (and daemon-latest.json)")
+    write_result("daemon", result)
     return 0
 
 

@@ -11,7 +11,7 @@ measured too as a reference without a goal.
 Tests that are cheap are repeated around the others and averaged, since the machine is noisy.
 
 Prints a table of shoal / raw ratios against the goals and writes the figures to
-bench/results/engine-<date>.json and bench/results/engine-latest.json.
+bench/results/engine.json.
 
     .venv/bin/python -m bench.engine [--dir DIR] [--quick]
 """
@@ -37,10 +37,9 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from bench import REPO, write_result
 from shoal.engine import ObjectStore
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 BIG = 4 * MiB
 CHUNK = 1024  # operations between two looks at the clock in the timed read loops
@@ -486,12 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"fio {ch.ru_utime + ch.ru_stime:.1f} s; load average at start {load0[0]:.2f} "
           "(other work on the machine skews every figure)")  # fmt: skip
     print(f"note: {note}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(result, indent=2) + "\n"
-    out = RESULTS / f"engine-{started:%Y%m%d-%H%M%S}.json"
-    out.write_text(text)
-    (RESULTS / "engine-latest.json").write_text(text)
-    print(f"results: {out.relative_to(REPO)} (and engine-latest.json)")
+    write_result("engine", result)
     return 0
 
 

@@ -22,7 +22,7 @@ does. The bodies are checked: every key is read back and compared before the GET
 sample after the PUT runs; wrk's error counts (non-2xx, sockets) are reported.
 
 Prints a table of shoal / nginx ratios against the goals and writes
-bench/results/http-<date>.json and bench/results/http-latest.json.
+bench/results/http.json.
 
     .venv/bin/python -m bench.http [--dir DIR] [--quick]
 """
@@ -54,6 +54,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from bench import write_result
 from bench.daemon import (
     WRK_DONE,
     WRK_GET,
@@ -70,8 +71,6 @@ from bench.engine import KiB, MiB, arguments, git, log, machine
 from shoal.daemon.process import read_until
 from shoal.up import _HTTP, LocalCluster
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 SHOAL = [sys.executable, "-m", "shoal.cli"]
 SIZES = {"4k": 4 * KiB, "1m": MiB}
 POOLS = {"r1": 1, "r3": 3}  # pool name: replicas
@@ -795,12 +794,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"logs: {logs}")
     print(f"wall {result['wall_s']} s; load average at start {load0[0]:.2f}, end "
           f"{os.getloadavg()[0]:.2f}")  # fmt: skip
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(result, indent=2) + "\n"
-    out = RESULTS / f"http-{started:%Y%m%d-%H%M%S}.json"
-    out.write_text(text)
-    (RESULTS / "http-latest.json").write_text(text)
-    print(f"results: {out.relative_to(REPO)} (and http-latest.json)")
+    write_result("http", result)
     return 1 if bench.bad else 0
 
 

@@ -17,21 +17,18 @@ with 100,000 objects, using shoal.cluster.placement as the clients and daemons d
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
+from bench import REPO, write_result
 from bench.engine import git, log, machine
 from shoal.cluster import ClusterMap, DaemonInfo, Pool, PoolPlacement
 from shoal.cluster.placement import object_hash, pg_of
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 REPLICAS = 3
 NS = "bench"
 
@@ -183,12 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "goals": [{"what": w, "value": v, "goal": g, "met": m} for w, v, g, m in goals],
         "goals_met": all(m for *_, m in goals),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(result, indent=2) + "\n"
-    out = RESULTS / f"placement-{started:%Y%m%d-%H%M%S}.json"
-    out.write_text(text)
-    (RESULTS / "placement-latest.json").write_text(text)
-    print(f"results: {out.relative_to(REPO)} (and placement-latest.json)")
+    write_result("placement", result)
     return 0 if result["goals_met"] else 1
 
 

@@ -22,8 +22,7 @@ recovery pass (a scan of every peer's objects) falls in a timed run; one pass is
 its own at the end (a map change: an empty pool). The daemons' logs are searched for
 warnings and errors (replication failures) at the end.
 
-Prints the table and writes bench/results/replication-<date>.json and
-bench/results/replication-latest.json.
+Prints the table and writes bench/results/replication.json.
 
     .venv/bin/python -m bench.replication [--dir DIR] [--quick] [--size 4G] [--keep-logs]
 """
@@ -31,7 +30,6 @@ bench/results/replication-latest.json.
 from __future__ import annotations
 
 import asyncio
-import json
 import multiprocessing
 import os
 import random
@@ -50,13 +48,12 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from bench import write_result
 from bench.daemon import TICK, cpu_of, kernel_threads, machine_busy, stop_process, tree
 from bench.engine import KiB, MiB, arguments, git, log, machine
 from shoal.daemon import replication
 from shoal.daemon.process import DaemonProcess, spawn
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 SMALL, BIG = 4 * KiB, 4 * MiB
 POOLS = {"r1": 1, "r3": 3}  # pool name: replicas
 SHOAL = [sys.executable, "-m", "shoal.cli"]
@@ -724,12 +721,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {name}: {k['count']} x {k['example']}")
     print(f"exit codes: {codes}" + (f"; logs kept in {kept}" if kept else ""))
     print(f"wall {result['wall_s']} s; load average at start {load0[0]:.2f}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(result, indent=2) + "\n"
-    out = RESULTS / f"replication-{started:%Y%m%d-%H%M%S}.json"
-    out.write_text(text)
-    (RESULTS / "replication-latest.json").write_text(text)
-    print(f"results: {out.relative_to(REPO)} (and replication-latest.json)")
+    write_result("replication", result)
     return 0
 
 
