@@ -113,6 +113,16 @@ async def wait_copies(
         await asyncio.sleep(0.5)
 
 
+async def acked_more(ledger: Ledger, n: int, what: str, timeout: float = 30.0) -> None:
+    """Wait until the load has had `n` more writes acknowledged (a state, not a time)."""
+    start = ledger.acked()
+    deadline = time.monotonic() + timeout
+    while ledger.acked() < start + n:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: {ledger.acked() - start} of {n} writes in {timeout} s")
+        await asyncio.sleep(0.05)
+
+
 # -- 1. kill -9 under load ----------------------------------------------------------------------
 
 
@@ -126,18 +136,22 @@ async def test_kill9_during_writes_loses_nothing(four: MasterProcess) -> None:
             overwrite_every=5, delete_every=11, seed=1,
         )  # fmt: skip
         async with load:
-            await asyncio.sleep(3)
+            await acked_more(ledger, 40, "the load under way")
             victim = four.daemons[1]
             vid = id_of(c, victim)
             acked_at_kill = ledger.acked()
             assert stop_member(victim, signal.SIGKILL) == -signal.SIGKILL
             t_kill = time.monotonic()
             # down after 1 s, out 2 s later: the others bring the PGs back to 3 copies
-            await asyncio.sleep(5)
+            await eventually(
+                lambda: daemons_by_id(c), lambda ds: not ds[vid]["in"], timeout=30,
+                what=f"daemon {vid} out",
+            )  # fmt: skip
+            await acked_more(ledger, 20, "writes with the daemon out")
             again = start_member(four, victim.dir, host_of(victim), *REPL_FLAGS)
             assert await wait_up(c, again) == vid, "restarted on its folder: the same id"
             t_back = time.monotonic()
-            await asyncio.sleep(3)
+            await acked_more(ledger, 20, "writes with the daemon back")
         stats = load.stats
         r = await wait_clean(c, 40)
         t_clean = time.monotonic()
