@@ -52,14 +52,15 @@ def curl(*args: str) -> str:
 async def kill_and_see_it_back(up: Up, name: str, ledger: Ledger) -> None:
     """SIGKILL `name`; shoal up says so and starts it again; writes go on meanwhile."""
     pid, restarts = up.pid(name), up.processes()[name]["restarts"]
-    acked = ledger.acked()
     os.kill(pid, signal.SIGKILL)
     await until(lambda: up.processes()[name]["state"] != "up", f"{name} seen dead", 5)
+    acked = ledger.acked()
     back = await until(
         lambda: (p := up.processes()[name])["state"] == "up" and p["restarts"] == restarts + 1,
         f"{name} started again", 30,
     )  # fmt: skip
     assert back and up.pid(name) != pid
+    assert ledger.acked() > acked, f"writes stopped while {name} was away"
     err = up.stderr()
     assert f"{name} (pid {pid}) was killed by SIGKILL; the others serve on" in err, err
     assert f"{name} is back (pid {up.pid(name)})" in err, err
