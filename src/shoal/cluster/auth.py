@@ -1,11 +1,14 @@
 """Client keys, rights and tickets (0-stor's ACL, signed like a cephx ticket).
 
-A client key is an access key and a secret; the master keeps a hash of the secret and the
-key's rights: per namespace (a pool, or "*" for every one), any of r(ead) w(rite) d(elete)
-a(dmin). A client proves its secret to the master once and gets a ticket: its access key and
-rights and an expiry, signed with the cluster's ticket key (HMAC-SHA256). Daemons hold the
-ticket key (the master gives it to them over mutual TLS) and check a ticket and the right an
-operation needs on their own, without asking the master.
+A client key is an access key and a secret; the master keeps a hash of the secret (and the
+secret itself, sealed: shoal.master.keyring) and the key's rights: per namespace (a pool, or
+"*" for every one), any of r(ead) w(rite) d(elete) a(dmin), and on "*" only g(ateway): the
+key may ask the master for what checks other keys' S3 signatures (`s3_signing_key`,
+`s3_sign_v2`), as an S3 gateway does for its users; an admin key may too. A client proves
+its secret to the master once and gets a ticket: its access key and rights and an expiry,
+signed with the cluster's ticket key (HMAC-SHA256). Daemons hold the ticket key (the master
+gives it to them over mutual TLS) and check a ticket and the right an operation needs on
+their own, without asking the master.
 
 Signed read URLs (the daemons' HTTP endpoint, where an HTTP gateway redirects a GET): the
 holder of a ticket signs `(namespace, name, expiry)` with a key derived from the ticket's
@@ -38,7 +41,8 @@ import msgpack
 
 from shoal.errors import Forbidden, InvalidArgument, NotAuthenticated
 
-RIGHTS = "rwda"
+RIGHTS = "rwdag"
+CLUSTER_RIGHTS = "g"  # rights that mean something on "*" only
 TICKET_TTL = 3600.0
 URL_TTL = 60.0  # seconds a signed read URL is good for, by default
 _MAC = 32
@@ -51,8 +55,10 @@ def check_rights(rights: dict[str, str]) -> dict[str, str]:
         bad = set(r) - set(RIGHTS)
         if bad:
             raise InvalidArgument(
-                f"unknown right(s) {''.join(sorted(bad))!r} for {ns!r}: use r, w, d and a"
+                f"unknown right(s) {''.join(sorted(bad))!r} for {ns!r}: use r, w, d, a and g"
             )
+        if ns != "*" and set(r) & set(CLUSTER_RIGHTS):
+            raise InvalidArgument(f"g (gateway) is a right on '*' only, not on {ns!r}")
     return rights
 
 
@@ -83,6 +89,24 @@ def secret_matches(secret: str, stored: bytes) -> bool:
     return hmac.compare_digest(hash_secret(secret), stored)
 
 
+def s3_signing_key(secret: str, date: str, region: str, service: str = "s3") -> bytes:
+    """The SigV4 signing key of `secret` for one day (`date`, YYYYMMDD), region and service:
+    HMAC(HMAC(HMAC(HMAC("AWS4" + secret, date), region), service), "aws4_request"), as AWS
+    documents it. It checks (and makes) signatures of that scope only, and the secret cannot
+    be recovered from it."""
+
+    def mac(key: bytes, text: str) -> bytes:
+        return hmac.new(key, text.encode(), hashlib.sha256).digest()
+
+    return mac(mac(mac(mac(("AWS4" + secret).encode(), date), region), service), "aws4_request")
+
+
+def s3_sign_v2(secret: str, string_to_sign: bytes) -> bytes:
+    """The SigV2 signature of `string_to_sign` (HMAC-SHA1 with the secret itself; requests
+    carry it in base64)."""
+    return hmac.new(secret.encode(), string_to_sign, hashlib.sha1).digest()
+
+
 @dataclass(frozen=True, slots=True)
 class Ticket:
     access_key: str
@@ -95,7 +119,8 @@ class Ticket:
 
     def require(self, namespace: str, right: str) -> None:
         if not self.allows(namespace, right):
-            what = {"r": "read", "w": "write", "d": "delete", "a": "administer"}[right]
+            what = {"r": "read", "w": "write", "d": "delete", "a": "administer",
+                    "g": "check S3 signatures on"}[right]  # fmt: skip
             raise Forbidden(f"key {self.access_key} may not {what} {namespace!r}")
 
 
