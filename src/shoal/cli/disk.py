@@ -28,6 +28,13 @@ def _ref_id(text: str) -> bytes:
     return raw
 
 
+def _meta_item(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"metadata is KEY=VALUE, not {text!r}")
+    return key, value
+
+
 # -- the disk verbs -------------------------------------------------------------------------
 
 
@@ -54,6 +61,7 @@ def _info(rec: Record) -> dict[str, object]:
         "extents": len(rec.manifest.extents),
         "created": iso(rec.ctime),
         "modified": iso(rec.mtime),
+        "meta": dict(rec.meta),
     }
 
 
@@ -88,11 +96,13 @@ def cmd_put(args: argparse.Namespace) -> int:
                 name=args.name,
                 refs=args.ref,
                 permanent=args.permanent,
+                meta=dict(args.meta),
             )
         else:
             w = store.writer(
-                args.namespace, args.name, size=size, refs=args.ref, permanent=args.permanent
-            )
+                args.namespace, args.name, size=size, refs=args.ref, permanent=args.permanent,
+                meta=dict(args.meta),
+            )  # fmt: skip
             with w, progress(size, "put") as advance:
                 buf = bytearray(_CHUNK)
                 while n := src.readinto(buf):  # type: ignore[attr-defined]
@@ -277,6 +287,10 @@ def register(top: Any) -> None:
     v.add_argument("-n", "--namespace", default=DEFAULT_NAMESPACE)
     v.add_argument("--permanent", action="store_true", help="it can never be deleted")
     v.add_argument("--ref", type=_ref_id, action="append", default=[], help="a consumer id (hex)")
+    v.add_argument(
+        "--meta", type=_meta_item, action="append", default=[], metavar="KEY=VALUE",
+        help="metadata kept with the object (repeat for more)",
+    )  # fmt: skip
     source(v)
 
     v = verb("get", cmd_get, "write an object (or a range of it) to stdout or -o FILE")

@@ -12,25 +12,29 @@ a savepoint per change); reads use one connection per thread so they never wait 
 from __future__ import annotations
 
 import builtins
+import hashlib
 import os
 import sqlite3
 import threading
 import time
 import uuid as uuidlib
 import weakref
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+
+import msgpack
 
 from shoal.engine.keys import ObjKey
 from shoal.engine.manifest import Manifest
 from shoal.errors import FormatError, InvalidArgument
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: objects.meta (a store of version 1 is migrated when opened)
 FLAG_PERMANENT = 1
 FLAG_DELETED = 2  # a tombstone: the object was deleted at this version (replicated stores)
 MAX_NAME_BYTES = 4096
 MAX_NAMESPACE_BYTES = 255
 REF_SIZE = 16
+MAX_META = 16 << 10  # an object's metadata, msgpack-encoded, is at most this many bytes
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -47,10 +51,12 @@ CREATE TABLE IF NOT EXISTS objects (
     crcs      BLOB NOT NULL,
     ctime     REAL NOT NULL,
     mtime     REAL NOT NULL,
+    meta      BLOB NOT NULL DEFAULT x'',
     PRIMARY KEY (namespace, name)
 ) WITHOUT ROWID;
 """
-_COLS = "namespace, name, uuid, size, hash, version, flags, refs, extents, crcs, ctime, mtime"
+_COLS = "namespace, name, uuid, size, hash, version, flags, refs, extents, crcs, ctime, mtime, meta"
+_NCOLS = _COLS.count(",") + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +72,9 @@ class Record:
     manifest: Manifest
     ctime: float
     mtime: float
+    # What its writer said of the object (str -> str: a content type, an MD5, S3's headers),
+    # kept with it: through write-at-offset, reference changes, replication and recovery.
+    meta: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> ObjKey:
@@ -91,9 +100,49 @@ class Record:
         return replace(self, **kw)  # type: ignore[arg-type]
 
 
+def encode_meta(meta: Mapping[str, str] | None) -> bytes:
+    """An object's metadata as stored: msgpack, keys sorted (so that equal metadata encodes
+    alike), b"" when empty. InvalidArgument unless it maps strings to strings and encodes to
+    at most MAX_META bytes."""
+    if not meta:
+        return b""
+    if not isinstance(meta, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
+    ):
+        raise InvalidArgument("an object's metadata maps strings to strings")
+    try:
+        raw: bytes = msgpack.packb(dict(sorted(meta.items())), use_bin_type=True)
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise InvalidArgument(f"an object's metadata cannot be encoded ({exc})") from None
+    if len(raw) > MAX_META:
+        raise InvalidArgument(
+            f"an object's metadata is {len(raw)} bytes encoded; the limit is {MAX_META}"
+        )
+    return raw
+
+
+def check_meta(meta: Mapping[str, str] | None) -> dict[str, str]:
+    """`meta` as a Record holds it, checked as `encode_meta` does."""
+    encode_meta(meta)
+    return dict(meta) if meta else {}
+
+
+def decode_meta(raw: bytes | None) -> dict[str, str]:
+    if not raw:
+        return {}
+    out: dict[str, str] = msgpack.unpackb(raw, raw=False)
+    return out
+
+
+def meta_digest(meta: Mapping[str, str]) -> bytes:
+    """16 bytes that differ when metadata does (scrub compares copies' metadata by them)."""
+    return hashlib.blake2b(encode_meta(meta), digest_size=16).digest()
+
+
 def _row(r: tuple[object, ...]) -> Record:
-    ns, name, uid, size, h, ver, flags, refs, ext, crcs, ctime, mtime = r
+    ns, name, uid, size, h, ver, flags, refs, ext, crcs, ctime, mtime, meta = r
     assert isinstance(refs, bytes) and isinstance(ext, bytes) and isinstance(crcs, bytes)
+    assert meta is None or isinstance(meta, bytes)
     return Record(
         ns,  # type: ignore[arg-type]
         name,  # type: ignore[arg-type]
@@ -106,6 +155,7 @@ def _row(r: tuple[object, ...]) -> Record:
         Manifest.decode(ext, crcs),
         ctime,  # type: ignore[arg-type]
         mtime,  # type: ignore[arg-type]
+        decode_meta(meta),
     )
 
 
@@ -113,7 +163,7 @@ def _values(rec: Record) -> tuple[object, ...]:
     ext, crcs = rec.manifest.encode()
     return (
         rec.namespace, rec.name, rec.uuid, rec.size, rec.hash, rec.version, rec.flags,
-        b"".join(rec.refs), ext, crcs, rec.ctime, rec.mtime,
+        b"".join(rec.refs), ext, crcs, rec.ctime, rec.mtime, encode_meta(rec.meta),
     )  # fmt: skip
 
 
@@ -143,6 +193,20 @@ def _prefix_end(prefix: str) -> str | None:
             nxt = c + 1 if c + 1 != 0xD800 else 0xE000  # surrogates are not text
             return "".join(chars) + chr(nxt)
     return None
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: objects get their metadata column (empty), in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        cols = {r[1] for r in conn.execute("PRAGMA table_info(objects)")}
+        if "meta" not in cols:
+            conn.execute("ALTER TABLE objects ADD COLUMN meta BLOB NOT NULL DEFAULT x''")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -203,6 +267,15 @@ class KeyStore:
         except sqlite3.Error as exc:
             conn.close()
             raise FormatError(f"{path} is not a shoal key store ({exc})") from None
+        if meta.get("schema_version") == 1:  # made before objects had metadata
+            try:
+                _migrate_1_to_2(conn)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise FormatError(
+                    f"key store {path}: migration to schema 2 failed ({exc})"
+                ) from None
+            meta["schema_version"] = SCHEMA_VERSION
         if meta.get("schema_version") != SCHEMA_VERSION:
             conn.close()
             raise FormatError(
@@ -341,7 +414,7 @@ class KeyStore:
     def w_write(self, records: Iterable[Record], deletes: Iterable[tuple[str, str]]) -> None:
         """Insert or replace `records` (by namespace and name) and delete `deletes`."""
         self._w.executemany(
-            f"INSERT OR REPLACE INTO objects ({_COLS}) VALUES ({','.join('?' * 12)})",
+            f"INSERT OR REPLACE INTO objects ({_COLS}) VALUES ({','.join('?' * _NCOLS)})",
             [_values(r) for r in records],
         )
         deletes = list(deletes)

@@ -24,7 +24,7 @@ import threading
 import time
 import uuid as uuidlib
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from types import TracebackType
@@ -43,6 +43,7 @@ from shoal.engine.keystore import (
     REF_SIZE,
     KeyStore,
     Record,
+    check_meta,
     check_name,
 )
 from shoal.engine.manifest import HOLE, Manifest, block_crcs
@@ -148,6 +149,7 @@ class _Put(_OfRecord):
         self.record = Record(
             r.namespace, r.name, r.uuid, r.size, KeyGen.hash(data), r.version, r.flags, r.refs,
             Manifest(tuple(self.extents), block_crcs(data, store.block_size)), r.ctime, r.mtime,
+            r.meta,
         )  # fmt: skip
         return store.blocks.pieces(self.extents, data)
 
@@ -305,9 +307,11 @@ class ObjectWriter:
         permanent: bool,
         version: int | None = None,
         force: bool = False,
+        meta: Mapping[str, str] | None = None,
     ) -> None:
         self._store = store
         self._version, self._force = version, force
+        self._meta = check_meta(meta)
         self.record: Record | None = None  # once committed
         self._uuid = KeyGen.uuid()
         self.namespace = namespace
@@ -401,6 +405,11 @@ class ObjectWriter:
         """Commit at exactly `version` (a replicated write: see `ObjectStore.writer`)."""
         self._version, self._force = version, force
 
+    def set_meta(self, meta: Mapping[str, str] | None) -> None:
+        """The object's metadata, replacing what the writer was made with (for metadata known
+        only once the bytes are in: their MD5, say). InvalidArgument as `put`'s `meta`."""
+        self._meta = check_meta(meta)
+
     def commit(self) -> ObjKey:
         if self._closed:
             raise InvalidArgument("commit of a closed writer")
@@ -422,7 +431,7 @@ class ObjectWriter:
             now = time.time()
             rec = Record(
                 self.namespace, self.name, self._uuid.bytes, self._size, key.hash, 1,
-                self._flags, self._refs, manifest, now, now,
+                self._flags, self._refs, manifest, now, now, self._meta,
             )  # fmt: skip
         except BaseException:
             self.abort()
@@ -668,11 +677,12 @@ class ObjectStore:
         permanent: bool = False,
         version: int | None = None,
         force: bool = False,
+        meta: Mapping[str, str] | None = None,
     ) -> ObjectWriter:
         """A writer for a new object (`version`: a replicated one, at exactly that version;
-        `force`: replacing a copy of the same version, a repair)."""
+        `force`: replacing a copy of the same version, a repair; `meta`: as for `put`)."""
         return ObjectWriter(
-            self, namespace, name, size, _check_refs(refs), permanent, version, force
+            self, namespace, name, size, _check_refs(refs), permanent, version, force, meta
         )
 
     def put(
@@ -685,9 +695,11 @@ class ObjectStore:
         permanent: bool = False,
         version: int | None = None,
         force: bool = False,
+        meta: Mapping[str, str] | None = None,
     ) -> ObjKey:
         """Store `data` as a new object; a name that exists is replaced. Returns its ObjKey
-        (an unnamed object is named by its uuid). `version`/`force`: as for `writer`."""
+        (an unnamed object is named by its uuid). `version`/`force`: as for `writer`. `meta`:
+        the object's metadata (str -> str, at most MAX_META bytes encoded), kept with it."""
         mv = memoryview(data).cast("B")
         if len(mv) > MAX_OBJECT_SIZE:
             raise InvalidArgument(f"an object is at most {MAX_OBJECT_SIZE} bytes")
@@ -697,7 +709,7 @@ class ObjectStore:
         now = time.time()
         rec = Record(
             namespace, name, uid.bytes, len(mv), None, 1, FLAG_PERMANENT if permanent else 0,
-            _check_refs(refs), Manifest.empty(), now, now,
+            _check_refs(refs), Manifest.empty(), now, now, check_meta(meta),
         )  # fmt: skip
         floor = self.floor()
         if len(mv) <= _LEADER_WRITES:
@@ -721,12 +733,14 @@ class ObjectStore:
         return change.record.key
 
     def put_many(
-        self, items: Sequence[tuple[str, str | None, Data, Sequence[bytes], bool, int | None]]
+        self,
+        items: Sequence[tuple[str, str | None, Data, Sequence[bytes], bool, int | None]],
+        metas: Sequence[Mapping[str, str] | None] | None = None,
     ) -> list[Record | ShoalError]:
         """Store several small objects (namespace, name, data, refs, permanent, version or
-        None) in one group commit, from one thread: each one's committed record, or the error
-        that refused it. For a server that gathers concurrent requests itself (cheaper than a
-        thread each)."""
+        None; `metas`: each one's metadata, if given) in one group commit, from one thread:
+        each one's committed record, or the error that refused it. For a server that gathers
+        concurrent requests itself (cheaper than a thread each)."""
         results: list[Record | ShoalError | None] = [None] * len(items)
         changes: list[tuple[int, _Put]] = []
         now, floor = time.time(), self.floor()
@@ -743,7 +757,7 @@ class ObjectStore:
                 rec = Record(
                     namespace, name, uid.bytes, len(mv), None, 1,
                     FLAG_PERMANENT if permanent else 0, _check_refs(refs), Manifest.empty(),
-                    now, now,
+                    now, now, check_meta(metas[i] if metas is not None else None),
                 )  # fmt: skip
             except ShoalError as exc:
                 results[i] = exc
