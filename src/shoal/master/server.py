@@ -271,7 +271,10 @@ class Master:
         if found is None or not secret_matches(secret, found[0]):
             log.warning("authentication refused for key %r", access)
             raise NotAuthenticated("unknown access key or wrong secret")
-        ticket = issue(self.ticket_key, access, found[1], self.ticket_ttl)
+        if not found.s3:  # (a key made before the master kept secrets: from now on it has)
+            self.state.seal_secret(access, secret)
+            log.info("key %s: its secret is kept from now on (S3-capable)", access)
+        ticket = issue(self.ticket_key, access, found.rights, self.ticket_ttl)
         return {"ticket": ticket, "ttl": self.ticket_ttl, "epoch": self.map.epoch}
 
     # -- admin -----------------------------------------------------------------------------
