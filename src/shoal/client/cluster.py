@@ -18,7 +18,7 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, TypeVar
 
 import blake3
@@ -62,6 +62,23 @@ GRACE = 30.0
 
 class NoDaemon(ShoalError):
     """No daemon of the object's placement group is up."""
+
+
+@dataclass(frozen=True, slots=True)
+class S3Grant:
+    """What the master answers a gateway about one key's S3 signature: the key's rights, as
+    a ticket's, and `value`, the SigV4 signing key asked for (32 bytes) or the SigV2
+    signature (20 bytes)."""
+
+    access_key: str
+    rights: dict[str, str]
+    value: bytes
+
+    def allows(self, namespace: str, right: str) -> bool:
+        return Ticket(self.access_key, self.rights, 0.0).allows(namespace, right)
+
+    def require(self, namespace: str, right: str) -> None:
+        Ticket(self.access_key, self.rights, 0.0).require(namespace, right)
 
 
 MASTER_RETRY = 5.0  # seconds a refused connection to the master is tried again
@@ -194,6 +211,20 @@ class ClusterClient:
         the keys of its own users. NotAuthenticated for an unknown key or a wrong secret."""
         reply = await self._ask(Op.AUTH, {"access_key": access_key, "secret": secret})
         return contents(bytes(reply["ticket"]))
+
+    async def s3_signing_key(self, access_key: str, date: str, region: str) -> S3Grant:
+        """For an S3 gateway (this client's key needs g on "*", or to be an admin key): the
+        SigV4 signing key of `access_key` for `date` (YYYYMMDD) and `region` (service s3),
+        and its rights. NotFound if the master has no such key or does not know its secret
+        (S3's InvalidAccessKeyId), Forbidden if this client's key may not ask."""
+        r = await self.admin("s3_signing_key", access_key=access_key, date=date, region=region)
+        return S3Grant(str(r["access_key"]), dict(r["rights"]), bytes(r["signing_key"]))
+
+    async def s3_sign_v2(self, access_key: str, string_to_sign: bytes) -> S3Grant:
+        """For an S3 gateway, as s3_signing_key: the SigV2 signature (HMAC-SHA1, raw: the
+        request carries it in base64) of `string_to_sign` with the secret of `access_key`."""
+        r = await self.admin("s3_sign_v2", access_key=access_key, string_to_sign=string_to_sign)
+        return S3Grant(str(r["access_key"]), dict(r["rights"]), bytes(r["signature"]))
 
     async def admin(self, cmd: str, **args: Any) -> dict[str, Any]:
         """An admin command on the master (needs an admin key for most)."""

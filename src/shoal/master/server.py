@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import itertools
 import logging
@@ -25,7 +26,15 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from shoal.cluster.auth import Ticket, check_rights, issue, secret_matches, verify
+from shoal.cluster.auth import (
+    Ticket,
+    check_rights,
+    issue,
+    s3_sign_v2,
+    s3_signing_key,
+    secret_matches,
+    verify,
+)
 from shoal.cluster.map import FAILURE_DOMAINS, WEIGHT_ONE, ClusterMap, DaemonInfo, Pool, diff
 from shoal.cluster.placement import PoolPlacement, shortfall
 from shoal.errors import Forbidden, InvalidArgument, NotAuthenticated, NotFound, ShoalError
@@ -283,7 +292,17 @@ class Master:
         handler = _ADMIN.get(cmd)
         if handler is None:
             raise InvalidArgument(f"unknown admin command {cmd!r}")
-        if not t.allows("*", "a") and not (cmd in ("status", "pool_ls") and t.rights):
+        if cmd in _GATEWAY and not t.allows("*", "a") and not t.allows("*", "g"):
+            log.warning("gateway command %s refused for key %s", cmd, t.access_key)
+            raise Forbidden(
+                f"key {t.access_key} may not check S3 signatures (it needs g on '*': "
+                "shoal key create --rights '*=g', or an admin key)"
+            )
+        if (
+            cmd not in _GATEWAY
+            and not t.allows("*", "a")
+            and not (cmd in ("status", "pool_ls") and t.rights)
+        ):
             log.warning("admin command %s refused for key %s", cmd, t.access_key)
             raise Forbidden(f"key {t.access_key} is not an admin key")
         out: dict[str, Any] = await handler(self, args)
@@ -398,6 +417,57 @@ class Master:
         self.state.delete_key(str(a.get("access_key", "")))
         return {}
 
+    # -- for S3 gateways (keys with g on "*", or admin keys) ------------------------------
+
+    def _s3_key(self, a: dict[str, Any]) -> tuple[str, str, dict[str, str]]:
+        """The access key asked about, its secret and rights; NotFound if the master has no
+        such key, or does not know its secret (a key made before it kept them, that has not
+        authenticated since: see shoal.master.keyring)."""
+        access = str(a.get("access_key", ""))
+        found = self.state.secret(access)
+        if found is None:
+            raise NotFound(f"no key {access}")
+        secret, rights = found
+        if secret is None:
+            raise NotFound(
+                f"key {access} was made before the master kept secrets for S3: it becomes "
+                "S3-capable once used with shoal (any command), or make a new one (shoal key "
+                "create)"
+            )
+        return access, secret, rights
+
+    async def s3_signing_key(self, a: dict[str, Any]) -> dict[str, Any]:
+        """SigV4: the signing key of key `access_key` for `date` (YYYYMMDD, UTC) and
+        `region`, service s3, and the key's rights. The secret itself never leaves the
+        master: a signing key checks (and makes) signatures of that day and region only.
+        The date must be between 8 days ago and tomorrow (UTC): a presigned URL is good for
+        up to 7 days after the day it was signed, and a client's clock may be ahead; a
+        gateway cannot get signing keys for days to come."""
+        access, secret, rights = self._s3_key(a)
+        date, region = str(a.get("date", "")), str(a.get("region", ""))
+        try:
+            day = datetime.datetime.strptime(date, "%Y%m%d").date()
+        except ValueError:
+            raise InvalidArgument(f"a date is YYYYMMDD, not {date!r}") from None
+        today = datetime.datetime.now(datetime.UTC).date()
+        if not today - datetime.timedelta(days=8) <= day <= today + datetime.timedelta(days=1):
+            raise InvalidArgument(f"no signing key for {date}: from 8 days ago to tomorrow only")
+        if not region or len(region) > 128 or not region.isprintable() or "/" in region:
+            raise InvalidArgument(f"not a region: {region!r}")
+        key = s3_signing_key(secret, date, region, "s3")
+        return {"access_key": access, "rights": rights, "signing_key": key}
+
+    async def s3_sign_v2(self, a: dict[str, Any]) -> dict[str, Any]:
+        """SigV2: the signature (HMAC-SHA1, 20 bytes) of `string_to_sign` (bytes, or text
+        taken as UTF-8) with the secret of key `access_key`, and the key's rights."""
+        access, secret, rights = self._s3_key(a)
+        sts = a.get("string_to_sign", b"")
+        if isinstance(sts, str):
+            sts = sts.encode()
+        if not isinstance(sts, bytes):
+            raise InvalidArgument("string_to_sign is bytes or text")
+        return {"access_key": access, "rights": rights, "signature": s3_sign_v2(secret, sts)}
+
     async def status(self, a: dict[str, Any]) -> dict[str, Any]:
         m = self.map
         ds = m.daemons.values()
@@ -460,7 +530,10 @@ _ADMIN: dict[str, Callable[[Master, dict[str, Any]], Any]] = {
     "key_ls": Master.key_ls,
     "key_rm": Master.key_rm,
     "status": Master.status,
+    "s3_signing_key": Master.s3_signing_key,
+    "s3_sign_v2": Master.s3_sign_v2,
 }
+_GATEWAY = ("s3_signing_key", "s3_sign_v2")  # commands that g on "*" allows
 
 
 def _replace(d: DaemonInfo, **kw: Any) -> DaemonInfo:
