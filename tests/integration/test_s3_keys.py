@@ -18,6 +18,7 @@ import pytest
 from shoal.client.cluster import ClusterClient
 from shoal.cluster.auth import new_key, s3_sign_v2, s3_signing_key
 from shoal.errors import Forbidden, NotFound
+from shoal.gateway.s3keys import S3Keys, UnknownAccessKey
 from tests.integration.cluster_helpers import (
     FAST,
     MasterProcess,
@@ -79,6 +80,12 @@ async def test_keys_made_now(tmp_path: Path) -> None:
                     await ask
             with pytest.raises(Forbidden, match="not an admin key"):  # g is that only
                 await gw.admin("key_ls")
+            # through the gateway's memory of keys (shoal.gateway.s3keys)
+            known = S3Keys.of(gw)
+            got = await known.signing_key(user, today(), "us-east-1")
+            assert got.value == s3_signing_key(user_secret, today(), "us-east-1")
+            with pytest.raises(UnknownAccessKey, match="no key SKNOSUCHKEY"):
+                await known.sign_v2("SKNOSUCHKEY", b"x")
         async with client(m, user, user_secret) as plain:  # a key without g may not ask
             for ask in (plain.s3_signing_key(user, today(), "us-east-1"),
                         plain.s3_sign_v2(m.access_key, b"x")):  # fmt: skip

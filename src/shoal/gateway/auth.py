@@ -13,23 +13,22 @@ The master alone knows the keys (their secrets' hashes and rights), so a key is 
 asking it for a ticket with that key, as any client does; the answer (the rights, or the
 refusal) is remembered for a short while (`GOOD_FOR`, `BAD_FOR`, at most `REMEMBERED` keys),
 so that each request does not cost a round trip to the master, and concurrent requests with
-the same key wait for one answer. A key removed, or whose rights change, is thus seen within
-`GOOD_FOR` seconds. The master unreachable: 503. Secrets are remembered only as hashes.
+the same key wait for one answer (shoal.gateway.recall). A key removed, or whose rights
+change, is thus seen within `GOOD_FOR` seconds. The master unreachable: 503. Secrets are
+remembered only as hashes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
-import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from shoal.asgi import Scope
 from shoal.cluster.auth import Ticket, is_loopback
 from shoal.errors import Forbidden, NotAuthenticated
+from shoal.gateway.recall import Recall
 
 GOOD_FOR = 30.0  # seconds a key's rights are remembered
 BAD_FOR = 5.0  # seconds a refused key (or secret) is remembered
@@ -87,10 +86,11 @@ class KeyCheck:
         remembered: int = REMEMBERED,
     ) -> None:
         self.authenticate, self.pool = authenticate, pool
-        self.good_for, self.bad_for, self.remembered = good_for, bad_for, remembered
-        # sha256(access, secret): (until, the ticket's contents or why it was refused)
-        self._known: OrderedDict[bytes, tuple[float, Ticket | str]] = OrderedDict()
-        self._asking: dict[bytes, asyncio.Task[Ticket | str]] = {}
+        # sha256(access, secret): the ticket's contents, or why it was refused
+        self._known: Recall[bytes, Ticket | str] = Recall(
+            good_for=good_for, bad_for=bad_for, remembered=remembered,
+            refused=lambda v: isinstance(v, str),
+        )  # fmt: skip
 
     async def check(self, scope: Scope) -> Ticket:
         """The request's key, if it may do what the request asks on the pool; KeyRefused
@@ -110,31 +110,10 @@ class KeyCheck:
 
     async def _lookup(self, access: str, secret: str) -> Ticket | str:
         h = hashlib.sha256(f"{access}\x00{secret}".encode()).digest()
-        known = self._known.get(h)
-        if known is not None and known[0] > time.monotonic():
-            self._known.move_to_end(h)
-            return known[1]
-        asking = self._asking.get(h)
-        if asking is None:  # (a task of its own: a request that goes away does not cancel it)
-            asking = self._asking[h] = asyncio.ensure_future(self._ask(h, access, secret))
-            asking.add_done_callback(_retrieved)
-        return await asyncio.shield(asking)
+        return await self._known.get(h, lambda: self._ask(access, secret))
 
-    async def _ask(self, h: bytes, access: str, secret: str) -> Ticket | str:
-        try:
-            try:
-                found: Ticket | str = await self.authenticate(access, secret)
-            except NotAuthenticated:
-                found = f"unknown access key {access!r} or wrong secret"
-        finally:  # (the master unreachable: nothing remembered, the next request asks again)
-            del self._asking[h]
-        ttl = self.good_for if isinstance(found, Ticket) else self.bad_for
-        self._known[h] = (time.monotonic() + ttl, found)
-        while len(self._known) > self.remembered:
-            self._known.popitem(last=False)
-        return found
-
-
-def _retrieved(task: asyncio.Future[Ticket | str]) -> None:
-    if not task.cancelled():
-        task.exception()  # (seen: no "never retrieved" if every request waiting went away)
+    async def _ask(self, access: str, secret: str) -> Ticket | str:
+        try:  # (the master unreachable: nothing remembered, the next request asks again)
+            return await self.authenticate(access, secret)
+        except NotAuthenticated:
+            return f"unknown access key {access!r} or wrong secret"
