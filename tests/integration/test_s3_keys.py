@@ -123,6 +123,12 @@ async def test_an_old_master_db(tmp_path: Path) -> None:
             assert ls == {admin_key[0]: True, user_key[0]: False}
             with pytest.raises(NotFound, match="made before the master kept secrets"):
                 await admin.s3_signing_key(user_key[0], today(), "us-east-1")
+            home = tmp_path / "home"
+            env = shoal_env(home, SHOAL_MASTER=m.client, SHOAL_ACCESS_KEY=admin_key[0],
+                            SHOAL_SECRET_KEY=admin_key[1], SHOAL_CA_CERT=str(m.ca))  # fmt: skip
+            listed = shoal("key", "ls", env=env, cwd=home).stdout.decode().splitlines()
+            assert [line.endswith("(not S3-capable until it is used once)")
+                    for line in listed] == [False, True]  # fmt: skip
             async with client(m, *user_key) as user:  # the native protocol, as before
                 await user.put("p", "x", b"written with an old key")
                 assert await user.get("p", "x") == b"written with an old key"

@@ -88,7 +88,8 @@ def cmd_key(args: argparse.Namespace) -> int:
     else:
         for k in admin(args, "key_ls")["keys"]:
             rights = ",".join(f"{ns}={r}" for ns, r in sorted(k["rights"].items()))
-            print(f"{k['access_key']}  {rights}  {k['comment']}")
+            s3 = "" if k.get("s3", True) else "  (not S3-capable until it is used once)"
+            print(f"{k['access_key']}  {rights}  {k['comment']}{s3}")
     return 0
 
 
@@ -330,7 +331,7 @@ def register(top: Any) -> None:
     v.add_argument("action", choices=["create", "ls", "rm"])
     v.add_argument("access", nargs="?", help="the access key (rm)")
     v.add_argument("--rights", default="", help="e.g. 'photos=rw,logs=r' ('*' for every pool; "
-                   "letters r w d a)")  # fmt: skip
+                   "letters r w d a, and g on '*' only: an S3 gateway's key)")  # fmt: skip
     v.add_argument("--comment", default="")
     add_cluster_options(v)
     v.set_defaults(func=cmd_key)
