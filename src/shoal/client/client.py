@@ -13,8 +13,8 @@ import asyncio
 import os
 import threading
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
 from ssl import SSLContext
 from typing import Any, BinaryIO, TypeVar
 
@@ -40,12 +40,14 @@ class ObjectInfo:
     refs: tuple[bytes, ...]
     ctime: float
     mtime: float
+    meta: dict[str, str] = field(default_factory=dict)  # what its writer stored with it
 
     @classmethod
     def from_meta(cls, m: dict[str, Any]) -> ObjectInfo:
         return cls(
             m["namespace"], m["name"], uuidlib.UUID(bytes=m["uuid"]), m["size"], m["hash"],
             m["version"], m["permanent"], tuple(m["refs"]), m["ctime"], m["mtime"],
+            dict(m.get("meta") or {}),
         )  # fmt: skip
 
 
@@ -59,6 +61,13 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 _CHANGES = frozenset({Op.PUT, Op.WRITE_AT, Op.DELETE, Op.REFS})
+
+
+def _with_meta(req: dict[str, Any], meta: Mapping[str, str] | None) -> dict[str, Any]:
+    """A PUT's request with the object's metadata (sent only when there is some)."""
+    if meta:
+        req["meta"] = dict(meta)
+    return req
 
 
 def _key(meta: dict[str, Any]) -> ObjKey:
@@ -186,21 +195,27 @@ class AsyncClient:
         *,
         refs: Iterable[bytes] = (),
         permanent: bool = False,
+        meta: Mapping[str, str] | None = None,
     ) -> ObjKey:
-        meta = {"namespace": pool, "name": name, "refs": list(refs), "permanent": permanent}
-        reply, _ = await self._call(Op.PUT, meta, data, idempotent=name is not None)
+        """Store `data` (with `meta`, the object's metadata: str -> str, 16 KiB at most)."""
+        req = {"namespace": pool, "name": name, "refs": list(refs), "permanent": permanent}
+        reply, _ = await self._call(
+            Op.PUT, _with_meta(req, meta), data, idempotent=name is not None
+        )
         return _key(reply)
 
     async def put_over(
         self, pool: str, name: str, data: bytes | bytearray | memoryview, *,
         refs: Iterable[bytes] = (), over_ref: bytes, resend: bool = True,
+        meta: Mapping[str, str] | None = None,
     ) -> tuple[ObjKey, bytes | None]:  # fmt: skip
         """`put` in a cluster, and the bytes of the object it replaced if that one carried the
         reference `over_ref` (and is small: a striped object's head). With `resend` False, a
         lost answer is OutcomeUnknown, never a second try."""
-        meta = {"namespace": pool, "name": name, "refs": list(refs), "permanent": False,
-                "prev_if_ref": over_ref}  # fmt: skip
-        reply, _ = await self._call(Op.PUT, meta, data, idempotent=resend, unknown=not resend)
+        req = {"namespace": pool, "name": name, "refs": list(refs), "permanent": False,
+               "prev_if_ref": over_ref}  # fmt: skip
+        reply, _ = await self._call(Op.PUT, _with_meta(req, meta), data, idempotent=resend,
+                                    unknown=not resend)  # fmt: skip
         return _key(reply), reply.get("prev")
 
     async def put_stream(
@@ -211,12 +226,15 @@ class AsyncClient:
         chunks: AsyncIterator[bytes | memoryview],
         *,
         permanent: bool = False,
+        meta: Mapping[str, str] | None = None,
     ) -> ObjKey:
-        """Store `size` bytes taken from `chunks` (never all in memory). Not retried."""
-        meta: dict[str, Any] = {"namespace": pool, "name": name, "refs": [], "permanent": permanent}
+        """Store `size` bytes taken from `chunks` (never all in memory). Not retried. `meta`
+        goes in the request's header, before the bytes: metadata known only once they have
+        gone (their MD5) needs ClusterClient.put_stream, or a `put` of the whole."""
+        req: dict[str, Any] = {"namespace": pool, "name": name, "refs": [], "permanent": permanent}
         conn = await self._conn()
         reply, _ = await conn.request_stream(
-            Op.PUT, self._signed(meta), size, chunks, epoch=self.epoch
+            Op.PUT, self._signed(_with_meta(req, meta)), size, chunks, epoch=self.epoch
         )
         return _key(reply)
 
@@ -227,6 +245,7 @@ class AsyncClient:
         f: BinaryIO,
         *,
         progress: Callable[[int], None] | None = None,
+        meta: Mapping[str, str] | None = None,
     ) -> ObjKey:
         size = os.fstat(f.fileno()).st_size - f.tell()
 
@@ -236,7 +255,7 @@ class AsyncClient:
                 if progress:
                     progress(len(chunk))
 
-        return await self.put_stream(pool, name, size, chunks())
+        return await self.put_stream(pool, name, size, chunks(), meta=meta)
 
     async def get(
         self, pool: str, name: str, *, offset: int = 0, length: int | None = None

@@ -17,7 +17,7 @@ import os
 import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, TypeVar
 
@@ -357,10 +357,16 @@ class ClusterClient:
     # An object of more than one stripe is striped (shoal.client.stripes): its stripes are
     # placed one by one and move in parallel; its head, under its name, says where they are.
 
-    async def put(self, pool: str, name: str, data: bytes | bytearray | memoryview) -> ObjKey:
+    async def put(
+        self, pool: str, name: str, data: bytes | bytearray | memoryview, *,
+        meta: Mapping[str, str] | None = None,
+    ) -> ObjKey:  # fmt: skip
+        """Store `data` under `name`, with `meta` (the object's metadata, str -> str, 16 KiB
+        at most encoded: a striped object's is on its head), which stat, open and list give
+        back as ObjectInfo.meta."""
         if len(data) <= STRIPE:
             key, prev = await self._on_primary(
-                pool, name, lambda c: c.put_over(pool, name, data, over_ref=HEAD_REF)
+                pool, name, lambda c: c.put_over(pool, name, data, over_ref=HEAD_REF, meta=meta)
             )
             if prev is not None:  # it replaced a striped object: its stripes go
                 self._retire(pool, name, Head.decode(prev))
@@ -368,14 +374,22 @@ class ClusterClient:
         mv = memoryview(data).cast("B")
         head = Head.new(len(mv), digest(mv))
         await self._put_stripes(pool, name, head, _slices(mv, head))
-        return await self._put_head(pool, name, head)
+        return await self._put_head(pool, name, head, meta)
 
     async def put_stream(
-        self, pool: str, name: str, size: int | None, chunks: AsyncIterator[bytes | memoryview]
-    ) -> ObjKey:
+        self, pool: str, name: str, size: int | None, chunks: AsyncIterator[bytes | memoryview],
+        *, meta: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
+    ) -> ObjKey:  # fmt: skip
         """Store the bytes taken from `chunks`, a few stripes in memory at most: `size` of
         them, or as many as come when `size` is None. If `chunks` raises, or gives another
-        count than `size`, nothing is stored (stripes already sent are deleted)."""
+        count than `size`, nothing is stored (stripes already sent are deleted). `meta`: as
+        for `put`, or a callable that gives it, called once every byte has been taken from
+        `chunks` and before the object is committed (metadata known only at the end of the
+        bytes: their MD5)."""
+
+        def final_meta() -> Mapping[str, str] | None:
+            return meta() if callable(meta) else meta
+
         it = aiter(chunks)
         if size is not None and size <= STRIPE:  # one object: gathered in place
             whole, fill = bytearray(size), 0
@@ -388,7 +402,7 @@ class ClusterClient:
                 fill += n
             if fill != size:
                 raise ValueError(f"the source gave {fill} of the announced {size} bytes")
-            return await self.put(pool, name, whole)
+            return await self.put(pool, name, whole, meta=final_meta())
         first = bytearray()
         if size is None:  # as much as one object holds, then on to stripes if there is more
             async for chunk in it:
@@ -396,7 +410,7 @@ class ClusterClient:
                 if len(first) > STRIPE:
                     break
             else:
-                return await self.put(pool, name, first)
+                return await self.put(pool, name, first, meta=final_meta())
         head = Head.new(size or 0, b"")
         hasher = blake3.blake3()
         got = 0
@@ -427,11 +441,17 @@ class ClusterClient:
             await self._drop_stripes(pool, name, head, -(-got // STRIPE))
             raise ValueError(f"the source gave {got} of the announced {size} bytes")
         done = replace(head, size=got, count=-(-got // STRIPE), hash=hasher.digest())
-        return await self._put_head(pool, name, done)
+        try:
+            final = final_meta()
+        except BaseException:
+            await self._drop_stripes(pool, name, head, done.count)
+            raise
+        return await self._put_head(pool, name, done, final)
 
     async def put_file(
-        self, pool: str, name: str, f: BinaryIO, *, progress: Callable[[int], None] | None = None
-    ) -> ObjKey:
+        self, pool: str, name: str, f: BinaryIO, *, progress: Callable[[int], None] | None = None,
+        meta: Mapping[str, str] | None = None,
+    ) -> ObjKey:  # fmt: skip
         size = os.fstat(f.fileno()).st_size - f.tell()
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -440,7 +460,7 @@ class ClusterClient:
                 if progress:
                     progress(len(chunk))
 
-        return await self.put_stream(pool, name, size, chunks())
+        return await self.put_stream(pool, name, size, chunks(), meta=meta)
 
     async def _put_stripes(
         self,
@@ -477,12 +497,20 @@ class ClusterClient:
             await self._drop_stripes(pool, name, head, len(tasks))  # nothing half-stored
             raise
 
-    async def _put_head(self, pool: str, name: str, head: Head) -> ObjKey:
+    async def _put_head(
+        self, pool: str, name: str, head: Head, meta: Mapping[str, str] | None = None
+    ) -> ObjKey:
         # Not sent twice: a second try after a lost answer could put this head back after
         # another writer replaced it and deleted its stripes. The caller hears OutcomeUnknown.
-        key, prev = await self._on_primary(pool, name, lambda c: c.put_over(
-            pool, name, head.encode(), refs=[HEAD_REF], over_ref=HEAD_REF, resend=False
-        ))  # fmt: skip
+        # The object's metadata is the head's.
+        try:
+            key, prev = await self._on_primary(pool, name, lambda c: c.put_over(
+                pool, name, head.encode(), refs=[HEAD_REF], over_ref=HEAD_REF, resend=False,
+                meta=meta,
+            ))  # fmt: skip
+        except InvalidArgument:  # (refused: metadata too large, say) nothing half-stored
+            await self._drop_stripes(pool, name, head, head.count)
+            raise
         if prev is not None and (old := Head.decode(prev)).wid != head.wid:
             self._retire(pool, name, old)
         return ObjKey(key.uuid, head.hash, head.size, key.version)

@@ -25,8 +25,11 @@ copy. Fetches are throttled to `rate` bytes per second so that clients keep work
 
 Scrub: every `scrub_interval` seconds, or when asked, a daemon reads and verifies every block
 of its copies (a bad copy is fetched again from another replica) and, for the objects it is
-primary of, compares version and hash with the other replicas and sends its copy to any that
-is stale or differs.
+primary of, compares version, hash and metadata with the other replicas and sends its copy to
+any that is stale or differs.
+
+An object's metadata (Record.meta) travels with its bytes: in every PUT a primary sends, in
+what recovery fetches, in what scrub sends to repair a copy.
 
 Figures for `shoal status` go to the master in heartbeats (`figures`).
 """
@@ -38,7 +41,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,7 +52,7 @@ from shoal.cluster.map import ClusterMap, Pool
 from shoal.cluster.placement import Placer, pg_of, shortfall
 from shoal.daemon.membership import Membership
 from shoal.engine import Record
-from shoal.engine.keystore import check_name
+from shoal.engine.keystore import check_name, meta_digest
 from shoal.errors import (
     IntegrityError,
     InvalidArgument,
@@ -359,12 +362,15 @@ class Replication:
     async def send_put(
         self, replicas: list[int], namespace: str, name: str, version: int, data: Any,
         refs: Iterable[bytes], permanent: bool, *, force: bool = False,
-        expires: float | None = None,
+        expires: float | None = None, meta: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:  # fmt: skip
-        """Send the object whole; each replica's reply (its copy's hash among them)."""
-        meta = {"namespace": namespace, "name": name, "version": version, "refs": list(refs),
-                "permanent": permanent, "force": force}  # fmt: skip
-        return await self._send(replicas, Op.PUT, meta, data, expires)
+        """Send the object whole, with its metadata `meta`; each replica's reply (its copy's
+        hash among them)."""
+        req = {"namespace": namespace, "name": name, "version": version, "refs": list(refs),
+               "permanent": permanent, "force": force}  # fmt: skip
+        if meta:
+            req["meta"] = dict(meta)
+        return await self._send(replicas, Op.PUT, req, data, expires)
 
     async def send_delete(
         self, replicas: list[int], namespace: str, name: str, version: int,
@@ -428,7 +434,7 @@ class Replication:
                       rec.namespace, rec.name, rec.version)  # fmt: skip
             try:
                 await self.send_put([r], rec.namespace, rec.name, rec.version, data, rec.refs,
-                                    rec.permanent, force=True)  # fmt: skip
+                                    rec.permanent, force=True, meta=rec.meta)  # fmt: skip
                 self.scrub_counts["repaired"] += 1
             except _PEER_ERRORS as exc:
                 log.warning("daemon %d: %s (scrub will find it)", r, exc)
@@ -482,20 +488,28 @@ class Replication:
         return {"items": items, "next": nxt, "epoch": m.epoch}
 
     def _have(self, keys: list[Any]) -> dict[str, Any]:
-        """(Thread.) The version (-1: none) and hash of each [namespace, name]."""
-        versions, hashes = [], []
+        """(Thread.) The version (-1: none), hash and metadata digest of each
+        [namespace, name]."""
+        versions, hashes, metas = [], [], []
         for k in keys[:HAVE_BATCH]:
             rec = self.store.head(str(k[1]), namespace=str(k[0]))
+            live = rec is not None and not rec.deleted
             versions.append(rec.version if rec is not None else -1)
-            hashes.append(rec.hash if rec is not None and not rec.deleted else None)
-        return {"versions": versions, "hashes": hashes}
+            hashes.append(rec.hash if rec is not None and live else None)
+            metas.append(meta_digest(rec.meta) if rec is not None and live else None)
+        return {"versions": versions, "hashes": hashes, "metas": metas}
 
-    async def _ask_have(self, daemon_id: int, keys: list[tuple[str, str]]) -> list[tuple[int, Any]]:
-        out: list[tuple[int, Any]] = []
+    async def _ask_have(
+        self, daemon_id: int, keys: list[tuple[str, str]]
+    ) -> list[tuple[int, Any, Any]]:
+        """(version, hash, metadata digest or None) of each of `keys` on daemon `daemon_id`."""
+        out: list[tuple[int, Any, Any]] = []
         for i in range(0, len(keys), HAVE_BATCH):
             chunk = [list(k) for k in keys[i : i + HAVE_BATCH]]
             reply, _ = await self.peers.call(daemon_id, Op.HAVE, {"keys": chunk})
-            out += list(zip(reply["versions"], reply["hashes"], strict=True))
+            versions, hashes = reply["versions"], reply["hashes"]
+            metas = reply.get("metas") or [None] * len(versions)
+            out += list(zip(versions, hashes, metas, strict=True))
         return out
 
     # -- recovery ----------------------------------------------------------------------------
@@ -638,6 +652,7 @@ class Replication:
             await self.daemon.run(
                 store.put, data, namespace=ns, name=name, refs=list(meta.get("refs") or []),
                 permanent=bool(meta.get("permanent")), version=got, force=force,
+                meta=meta.get("meta") or None,
             )  # fmt: skip
         return len(data)
 
@@ -682,7 +697,7 @@ class Replication:
                 continue
             with contextlib.suppress(*_PEER_ERRORS):
                 answers = await self._ask_have(a, keys)
-                have[a] = {k: v for k, (v, _) in zip(keys, answers, strict=True)}
+                have[a] = {k: v for k, (v, _, _) in zip(keys, answers, strict=True)}
         kept = []
         for r, acting in misplaced:
             key = (r.namespace, r.name)
@@ -828,18 +843,23 @@ class Replication:
             except _PEER_ERRORS as exc:
                 log.info("scrub: daemon %d did not answer: %s", o, exc)
                 continue
-            for r, (version, digest) in zip(recs, answers, strict=True):
-                differs = version == r.version and None not in (digest, r.hash) and digest != r.hash
-                if version >= r.version and not differs:
+            for r, (version, digest, mdigest) in zip(recs, answers, strict=True):
+                same = version == r.version
+                differs = same and None not in (digest, r.hash) and digest != r.hash
+                # (a daemon older than object metadata answers no digest: not compared)
+                meta_differs = same and mdigest is not None and mdigest != meta_digest(r.meta)
+                if version >= r.version and not differs and not meta_differs:
                     continue
                 sc["errors"] += 1
+                why = ("different bytes" if differs else "different metadata" if meta_differs
+                       else "stale")  # fmt: skip
                 log.warning("scrub: daemon %d has %s/%s at version %d (%s), primary has %d",
-                            o, r.namespace, r.name, version,
-                            "different bytes" if differs else "stale", r.version)  # fmt: skip
+                            o, r.namespace, r.name, version, why, r.version)  # fmt: skip
                 try:
                     rec, data = await self.whole(r.namespace, r.name)
                     await self.send_put([o], rec.namespace, rec.name, rec.version, data, rec.refs,
-                                        rec.permanent, force=rec.version == version)  # fmt: skip
+                                        rec.permanent, force=rec.version == version,
+                                        meta=rec.meta)  # fmt: skip
                 except _PEER_ERRORS as exc:
                     log.warning("scrub: repair on daemon %d failed: %s", o, exc)
                     continue

@@ -30,7 +30,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -39,6 +39,7 @@ from shoal.cluster.auth import Ticket, verify
 from shoal.daemon.membership import Membership
 from shoal.daemon.replication import FORWARD_MAX
 from shoal.engine import ObjectStore, ObjectWriter, Record
+from shoal.engine.keystore import check_meta
 from shoal.engine.objectstore import changed_refs
 from shoal.errors import (
     Conflict,
@@ -131,6 +132,7 @@ def record_meta(rec: Record) -> dict[str, Any]:
         "refs": list(rec.refs),
         "ctime": rec.ctime,
         "mtime": rec.mtime,
+        "meta": rec.meta,
     }
 
 
@@ -152,6 +154,14 @@ def _opt_int(meta: dict[str, Any], key: str) -> int | None:
     return None if meta.get(key) is None else _int(meta, key)
 
 
+def _objmeta(meta: dict[str, Any]) -> dict[str, str]:
+    """The object's own metadata a PUT carries (its "meta" field: str -> str), checked."""
+    value = meta.get("meta")
+    if value is not None and not isinstance(value, dict):
+        raise InvalidArgument("request field 'meta' must be a map of strings to strings")
+    return check_meta(value)
+
+
 def _refs(meta: dict[str, Any], key: str) -> list[bytes]:
     value = meta.get(key, [])
     if not isinstance(value, list) or not all(isinstance(r, bytes) for r in value):
@@ -168,8 +178,9 @@ class Daemon:
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="shoal-io")
         self.connections: set[_Connection] = set()
         self.buffers: list[bytearray] = []  # free PIECE-sized buffers for streamed GETs
-        self._puts: list[tuple[tuple[str, str | None, Any, list[bytes], bool, int | None], Any]]
-        self._puts = []
+        self._puts: list[
+            tuple[tuple[str, str | None, Any, list[bytes], bool, int | None], dict[str, str], Any]
+        ] = []
         self._put_tasks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
         self.cluster: Membership | None = None  # set when the daemon is part of a cluster
@@ -180,13 +191,13 @@ class Daemon:
 
     async def put_small(
         self, namespace: str, name: str | None, data: bytes | bytearray, refs: list[bytes],
-        permanent: bool, version: int | None = None,
+        permanent: bool, version: int | None = None, meta: dict[str, str] | None = None,
     ) -> Record:  # fmt: skip
         """Store a small object with the others that arrive meanwhile: the event loop gathers
         concurrent small PUTs and hands each gathering to the engine as one batch (one thread,
         one group commit), while the previous batch commits."""
         fut: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
-        self._puts.append(((namespace, name, data, refs, permanent, version), fut))
+        self._puts.append(((namespace, name, data, refs, permanent, version), meta or {}, fut))
         if len(self._put_tasks) < PUT_BATCHES:
             task = asyncio.ensure_future(self._put_batches())
             self._put_tasks.add(task)
@@ -197,10 +208,12 @@ class Daemon:
         while self._puts:
             batch, self._puts = self._puts[:MAX_BATCH], self._puts[MAX_BATCH:]
             try:
-                results = await self.run(self.store.put_many, [item for item, _ in batch])
+                results = await self.run(
+                    self.store.put_many, [item for item, _, _ in batch], [m for _, m, _ in batch]
+                )
             except BaseException as exc:  # the disk failed the whole batch
                 results = [exc] * len(batch)  # type: ignore[list-item]
-            for (_, fut), result in zip(batch, results, strict=True):
+            for (_, _, fut), result in zip(batch, results, strict=True):
                 if fut.done():
                     continue
                 if isinstance(result, BaseException):
@@ -372,11 +385,12 @@ class Daemon:
                 return {"refs": []}
             _, data = await repl.whole(ns, name)
             await repl.send_put(
-                replicas, ns, name, version, data, refs, cur.permanent, expires=expiry(meta)
-            )
+                replicas, ns, name, version, data, refs, cur.permanent, expires=expiry(meta),
+                meta=cur.meta,
+            )  # fmt: skip
             with contextlib.suppress(Superseded):
                 await self.run(_put_record, store, ns, name, data, refs, cur.permanent, version,
-                               False)  # fmt: skip
+                               False, cur.meta)  # fmt: skip
         return {"refs": refs}
 
     async def _replicated_delete(
@@ -431,11 +445,11 @@ async def _replaced(
 
 def _put_record(
     store: ObjectStore, namespace: str, name: str | None, data: Any, refs: list[bytes],
-    permanent: bool, version: int | None, force: bool,
+    permanent: bool, version: int | None, force: bool, meta: Mapping[str, str] | None = None,
 ) -> Record | None:  # fmt: skip
-    """(Thread.) Store `data` whole; its committed record."""
+    """(Thread.) Store `data` whole (with metadata `meta`); its committed record."""
     with store.writer(namespace, name, size=len(data), refs=refs, permanent=permanent,
-                      version=version, force=force) as w:  # fmt: skip
+                      version=version, force=force, meta=meta) as w:  # fmt: skip
         w.write(data)
         w.commit()
     return w.record
@@ -464,6 +478,7 @@ class _Upload:
         self.pump: asyncio.Task[None] | None = None
         self.streaming = header.op == Op.PUT and self.size > SMALL
         self.ended = False  # the whole payload has arrived
+        self.objmeta: dict[str, str] = {}
         try:
             self.namespace = _str(meta, "namespace", "default")
             self.name = _str(meta, "name") if header.op == Op.WRITE_AT else meta.get("name")
@@ -476,6 +491,7 @@ class _Upload:
                         f"a write-at-offset carries at most {MAX_WRITE_AT} bytes, not {self.size}"
                     )
             self.refs = _refs(meta, "refs")
+            self.objmeta = _objmeta(meta)  # (a WRITE_AT's object keeps its own)
             self._cluster_role(conn.daemon.replication)
         except ShoalError as exc:
             self.error = exc
@@ -536,6 +552,7 @@ class _Upload:
                     permanent=bool(self.meta.get("permanent")),
                     version=self.version,
                     force=bool(self.meta.get("force")),
+                    meta=self.objmeta,
                 )
             while self.pieces:
                 piece = self.pieces.pop(0)
@@ -585,11 +602,13 @@ class _Upload:
 
     async def _commit(
         self, version: int | None, permanent: bool, force: bool, data: Any = None,
-        refs: list[bytes] | None = None,
+        refs: list[bytes] | None = None, meta: dict[str, str] | None = None,
     ) -> Record:  # fmt: skip
-        """Commit this upload's object here (or `data` instead of its payload)."""
+        """Commit this upload's object here (or `data` instead of its payload, with `refs`
+        and `meta`)."""
         daemon, store = self.conn.daemon, self.conn.daemon.store
         refs = self.refs if refs is None else refs
+        meta = self.objmeta if meta is None else meta
         if self.writer is not None and data is None:
             writer, self.writer = self.writer, None
             writer.set_version(version, force)
@@ -597,11 +616,11 @@ class _Upload:
             rec = writer.record
         elif data is None and self.size <= BATCHED_PUT and not force:
             rec = await daemon.put_small(self.namespace, self.name, self.buf, refs, permanent,
-                                         version)  # fmt: skip
+                                         version, meta)  # fmt: skip
         else:
             rec = await daemon.run(
                 _put_record, store, self.namespace, self.name, self.buf if data is None else data,
-                refs, permanent, version, force,
+                refs, permanent, version, force, meta,
             )  # fmt: skip
         assert rec is not None
         return rec
@@ -620,18 +639,20 @@ class _Upload:
                 data: Any = bytearray(old) + bytes(max(0, end - len(old)))
                 data[self.offset : end] = self.buf
                 refs, permanent = list(cur.refs) if cur is not None else [], False
+                objmeta = cur.meta if cur is not None else {}
             else:
                 data = b"".join([*self.kept, self.buf]) if self.kept else self.buf
                 refs, permanent = self.refs, bool(self.meta.get("permanent"))
+                objmeta = self.objmeta
                 if len(data) != self.size:  # (what the replicas get is what came)
                     raise ShoalError(f"internal: {len(data)} bytes kept of {self.size}")
             self.kept = []
             prev = await _replaced(repl, ns, name, cur, self.meta)
             replies = await repl.send_put(replicas, ns, name, version, data, refs, permanent,
-                                          expires=self.expires)  # fmt: skip
+                                          expires=self.expires, meta=objmeta)  # fmt: skip
             try:
                 if self.header.op == Op.WRITE_AT:
-                    rec = await self._commit(version, permanent, False, data, refs)
+                    rec = await self._commit(version, permanent, False, data, refs, objmeta)
                 else:
                     rec = await self._commit(version, permanent, False)
             except Superseded as exc:  # a newer version came meanwhile (recovery)
