@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.errors import NotAuthenticated
+from shoal.errors import InvalidArgument, NotAuthenticated
 from shoal.master.keyring import Keyring
 from shoal.master.server import CLIENT, Master
 from shoal.master.state import MasterState
@@ -33,6 +33,12 @@ def test_keyring_seals_per_key_and_per_keyring(tmp_path: Path) -> None:
     other = Keyring(os.urandom(32))
     assert other.open("SKA", sealed) is None and other.sealed_by_another(sealed)
     assert k.open("SKA", None) is None and not k.sealed_by_another(None)
+
+
+def test_a_keyring_file_that_is_not_one(tmp_path: Path) -> None:
+    (tmp_path / "secrets.key").write_bytes(b"short")
+    with pytest.raises(InvalidArgument, match="not the master's keyring key"):
+        MasterState(str(tmp_path / "master.db"))
 
 
 def test_new_keys_are_sealed_and_the_secret_is_not_in_the_db(tmp_path: Path) -> None:

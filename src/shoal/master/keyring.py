@@ -36,6 +36,8 @@ import secrets
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from shoal.errors import InvalidArgument
+
 FILE = "secrets.key"
 _MAGIC = b"S1"
 _ID = 8  # bytes of the keyring key's hash that name it in a sealed secret
@@ -52,13 +54,15 @@ class Keyring:
     @classmethod
     def load(cls, path: str) -> Keyring:
         """The keyring whose key is in `path`, made (32 random bytes, mode 0600) if there is
-        none; two processes that make it at once end with the same one."""
+        none; two processes that make it at once end with the same one. InvalidArgument if
+        `path` holds anything else."""
         try:
-            with open(path, "rb") as f:
-                return cls(f.read())
+            return cls._read(path)
         except FileNotFoundError:
             pass
         tmp = f"{path}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):  # (left by a crash)
+            os.unlink(tmp)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, secrets.token_bytes(32))
@@ -75,8 +79,19 @@ class Keyring:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+        return cls._read(path)
+
+    @classmethod
+    def _read(cls, path: str) -> Keyring:
         with open(path, "rb") as f:
-            return cls(f.read())
+            key = f.read(33)
+        if len(key) != 32:
+            raise InvalidArgument(
+                f"{path} is not the master's keyring key (32 bytes, not {len(key)}): restore "
+                f"it, or move it away to make a new one (keys become S3-capable again when "
+                f"next used)"
+            )
+        return cls(key)
 
     def seal(self, access_key: str, secret: str) -> bytes:
         nonce = secrets.token_bytes(_NONCE)

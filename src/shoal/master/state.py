@@ -48,6 +48,8 @@ class MasterState:
         """The state in the SQLite file `path`; `keyring`: the file of the key that seals
         the keys' secrets (`secrets.key` beside `path` by default)."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        keyring = keyring or os.path.join(os.path.dirname(os.path.abspath(path)), KEYRING_FILE)
+        self.keyring = Keyring.load(keyring)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
@@ -55,8 +57,6 @@ class MasterState:
         columns = {r[1] for r in self.db.execute("PRAGMA table_info(client_keys)")}
         if "secret_sealed" not in columns:  # (a database made before S3)
             self.db.execute("ALTER TABLE client_keys ADD COLUMN secret_sealed BLOB")
-        keyring = keyring or os.path.join(os.path.dirname(os.path.abspath(path)), KEYRING_FILE)
-        self.keyring = Keyring.load(keyring)
         other = sum(
             self.keyring.sealed_by_another(r[0])
             for r in self.db.execute("SELECT secret_sealed FROM client_keys")
