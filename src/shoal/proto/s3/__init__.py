@@ -1,0 +1,7 @@
+"""The sans-IO core of the S3 gateway: values in, values (or S3Error) out; no sockets, no loop.
+
+errors (S3Error and the codes), sigv4 (header and presigned SigV4), chunked (aws-chunked
+bodies), checksums (x-amz-checksum-*, Content-MD5), sigv2, postpolicy (browser POST), xml
+(request bodies in, response bodies out), conditions (If-* and Range). Each module's docstring
+gives its interface and the rules it keeps.
+"""

@@ -1,0 +1,75 @@
+"""Helpers for the S3 proto tests: AWS's example key, and requests as boto3 really sends them
+(captured before they would reach the network, turned into sigv4.Request values)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+from urllib.parse import urlsplit
+
+from shoal.proto.s3.sigv4 import Request, derive_signing_key
+
+ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+def keys(access_key: str, date: str, region: str, service: str) -> bytes | None:
+    """The signing_key callable of a gateway that knows only AWS's example key."""
+    if access_key != ACCESS_KEY:
+        return None
+    return derive_signing_key(SECRET, date, region, service)
+
+
+def secrets(access_key: str) -> str | None:
+    return SECRET if access_key == ACCESS_KEY else None
+
+
+def to_request(method: str, url: str, headers: Any) -> Request:
+    parts = urlsplit(url)
+    pairs = []
+    for k, v in headers.items():
+        value = v.decode() if isinstance(v, bytes) else str(v)
+        pairs.append((k.lower(), value))
+    return Request(method, parts.path, parts.query, tuple(pairs))
+
+
+def boto_request(
+    operation: str, endpoint: str = "https://s3.example.com:9000", **params: Any
+) -> tuple[Request, bytes]:
+    """The request boto3's client sends for `operation`, and its body, as the wire has them."""
+    import boto3
+    from botocore.awsrequest import AWSResponse
+    from botocore.config import Config
+
+    sent: list[Any] = []
+
+    def send(request: Any, **_: Any) -> AWSResponse:
+        sent.append(request)
+        raise _Captured
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    )
+    client.meta.events.register("before-send.s3.*", send)
+    with contextlib.suppress(_Captured):
+        getattr(client, operation)(**params)
+    request = sent[-1]
+    body = request.body
+    if body is None:
+        data = b""
+    elif isinstance(body, bytes | bytearray):
+        data = bytes(body)
+    elif isinstance(body, str):
+        data = body.encode()
+    else:
+        data = body.read()
+    return to_request(request.method, request.url, request.headers), data
+
+
+class _Captured(Exception):
+    pass
