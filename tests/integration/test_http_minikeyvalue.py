@@ -2,9 +2,10 @@
 started the way `shoal up` starts it, once per index backend (SQLite: the gateway `shoal up`
 started; Redis and PostgreSQL: real servers, a gateway each on a pool of its own):
 HEAD gives Content-Md5 (the MD5 of the value in hex, checked against md5sum's), recorded in
-the index at PUT, new after an overwrite and right again after `shoal index drop` and
-`shoal index rebuild`; a missing key is 404 with Content-Length: 0; an empty value is
-stored."""
+the index at PUT and in the object's own metadata, new after an overwrite, and in the index
+again straight after `shoal index drop` and `shoal index rebuild` (taken from the objects'
+metadata; an object written without it is read and hashed by its first HEAD); a missing key
+is 404 with Content-Length: 0; an empty value is stored."""
 
 from __future__ import annotations
 
@@ -180,11 +181,25 @@ def test_the_md5_after_an_index_drop_and_rebuild(backend: Backend) -> None:
     assert gw.keys("rb5/") == []
     backend.shoal("index", "rebuild", *idx)
     assert gw.keys("rb5/") == sorted(f"/{k}" for k in data)
-    for key in data:  # rebuilt from the daemons: listed, but without an MD5 yet
+    for key, value in data.items():  # rebuilt from the daemons, MD5 and all (their metadata)
+        entry = backend.indexed(key)
+        assert entry is not None and entry.md5 == hashlib.md5(value).digest(), key
+    # objects written without it (by a shoal before the gateway kept it with the object, or
+    # by another client): listed by a rebuild without an MD5, the first HEAD reads and hashes
+    # the object and records its MD5; several at once share one read; later HEADs find it
+    old = {"rb5/old-small": b"written by another client", "rb5/old-striped": os.urandom(STRIPED)}
+    for key, value in old.items():
+        path = backend.cluster.data.parent / "old-value"
+        path.write_bytes(value)
+        backend.shoal("write", "--pool", gw.pool, key, "--data-file", str(path))
+    backend.shoal("index", "rebuild", *idx)
+    for key in old:
         entry = backend.indexed(key)
         assert entry is not None and entry.md5 is None, key
-    # the first HEAD reads and hashes the object, and records its MD5; several at once
-    # share one read; later HEADs find it in the index
+    for key in data:
+        entry = backend.indexed(key)
+        assert entry is not None and entry.md5 is not None, "a rebuild keeps the MD5s"
+    data |= old
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         heads = list(pool.map(lambda k: head(gw, k), [*data, *data]))
     for r, (key, value) in zip(heads, [*data.items(), *data.items()], strict=True):

@@ -131,6 +131,7 @@ def cmd_remote_stat(args: argparse.Namespace) -> int:
         "permanent": info.permanent,
         "refs": [r.hex() for r in info.refs],
         "modified": iso(info.mtime),
+        "meta": dict(info.meta),
     }
     show(fields, args.json)
     return 0

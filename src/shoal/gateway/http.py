@@ -22,12 +22,14 @@ empty), as S3 and most stores have it; minikeyvalue refuses it (411), shoal does
 
 The MD5 lives in the name index beside the key (Entry.md5): the gateway computes it while the
 body streams in (runs of the body hashed in a worker thread: hashlib lets go of the GIL) and
-writes it with the listing entry. The daemons do not keep it, so a rebuilt index, or a row
-written by a version of shoal before it, has none: the first HEAD that finds none for the
-object's version reads the object, hashes it, and records it (`Index.amend`, or a new entry),
-once for all the HEADs that ask meanwhile; later HEADs take it from the index. A HEAD with the
-index unreachable answers without Content-Md5. GET does not look the MD5 up (it would cost
-every read a round trip to the index).
+writes it with the listing entry, and in the object's own metadata (MD5_META, hex), which the
+daemons keep with the bytes: `shoal index rebuild` takes it from there. A row without it for
+the object's version (an index of a shoal before it) is given it by the first HEAD from the
+object's metadata; an object written before it has none there either, and that HEAD reads the
+object, hashes it, and records it (`Index.amend`, or a new entry), once for all the HEADs that
+ask meanwhile; later HEADs take it from the index. A HEAD with the index unreachable answers
+without Content-Md5. GET does not look the MD5 up (it would cost every read a round trip to
+the index).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ from shoal.errors import (
     Unavailable,
 )
 from shoal.gateway.auth import CHALLENGE, KeyCheck, KeyRefused
-from shoal.index import MAX_KEY, Entry, Index, IndexUnavailable
+from shoal.index import MAX_KEY, MD5_META, Entry, Index, IndexUnavailable, md5_of
 from shoal.proto.http import parse_range
 
 log = logging.getLogger("shoal.http")
@@ -401,6 +403,10 @@ class HttpGateway:
             return info, entry.md5
         if not reachable:
             return info, None
+        kept = md5_of(info.meta)  # (written with the object: no need to read it)
+        if kept is not None:
+            await self._record_md5(key, entry, info, kept)
+            return info, kept
         task = self._hashing.get(key)
         if task is None:
             task = asyncio.ensure_future(self._recorded_md5(key, entry))
@@ -435,6 +441,14 @@ class HttpGateway:
                 else:
                     hasher.update(piece)
         md5 = hasher.digest()
+        await self._record_md5(key, listed, info, md5)
+        return info, md5
+
+    async def _record_md5(
+        self, key: str, listed: Entry | None, info: ObjectInfo, md5: bytes
+    ) -> None:
+        """Record `md5` as the MD5 of `info`'s version: on `listed` if it is that version's
+        entry, else as a new entry (applied only if nothing newer is there)."""
         try:
             if listed is not None and listed.version == info.version:
                 await self.index.amend(self.pool, key, replace(listed, md5=md5))
@@ -443,7 +457,6 @@ class HttpGateway:
                 await self.index.put(self.pool, key, entry)
         except IndexUnavailable as exc:  # (the next HEAD reads it again)
             log.warning("HEAD /%s: its MD5 is not recorded: %s", key, exc)
-        return info, md5
 
     async def _redirected(
         self, x: _Exchange, key: str, headers: list[tuple[bytes, bytes]] | None = None
@@ -491,9 +504,19 @@ class HttpGateway:
             if len(expected) != 16:
                 raise InvalidArgument("Content-MD5 is the base64 of a 16-byte MD5")
         md5 = _Md5()
+
+        def kept() -> dict[str, str]:  # (the object's metadata: called once the body is in)
+            if md5.value is None:
+                raise ShoalError("internal: stored before the whole body was read")
+            return {MD5_META: md5.value.hex()}
+
         with self._changing(key):
             stored = await self.client.put_stream(
-                self.pool, key, size, _body(x, receive, size, md5, expected, self.idle)
+                self.pool,
+                key,
+                size,
+                _body(x, receive, size, md5, expected, self.idle),
+                meta=kept,
             )
             if md5.value is None:  # (put_stream takes the whole body before it stores)
                 raise ShoalError("internal: stored before the whole body was read")

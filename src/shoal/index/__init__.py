@@ -12,9 +12,21 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from shoal.errors import InvalidArgument
-from shoal.index.base import MAX_KEY, Entry, Index, IndexUnavailable, mask_url, tombstone
+from shoal.index.base import (
+    MAX_KEY,
+    MD5_META,
+    Entry,
+    Index,
+    IndexUnavailable,
+    mask_url,
+    md5_of,
+    tombstone,
+)
 
-__all__ = ["MAX_KEY", "Entry", "Index", "IndexUnavailable", "open_index", "tombstone"]
+__all__ = [
+    "MAX_KEY", "MD5_META", "Entry", "Index", "IndexUnavailable", "md5_of", "open_index",
+    "tombstone",
+]  # fmt: skip
 
 URL_FORMS = (
     "sqlite:///absolute/path.db, sqlite://relative/path.db or a bare file path; "

@@ -6,10 +6,10 @@ write is ordered by the object's version (given by the storage cluster): a write
 when its version is newer than the stored one, tombstones included, and each write is atomic
 per key across processes. Keys are ordered bytewise in UTF-8, the order S3 lists in.
 
-An entry's MD5 (minikeyvalue's Content-Md5, S3's ETag) is the one thing in it that the
-daemons do not keep: the gateway computes it while a PUT's body streams in and stores it here.
-A rebuild cannot give it back (its entries come from the daemons' key stores), and rows made
-by versions of shoal before it have none: `amend` adds it later to the row of that very
+An entry's MD5 (minikeyvalue's Content-Md5, S3's ETag): the gateway computes it while a PUT's
+body streams in and stores it here and in the object's own metadata (under MD5_META, hex),
+from which a rebuild takes it back (`md5_of`). Objects written by versions of shoal before
+that carry none, nor do rows made by them: `amend` adds it later to the row of that very
 version, which a gateway does the first time a HEAD asks for it (shoal.gateway.http). Every
 backend takes a database made before the field existed as it is (SQLite and PostgreSQL add
 the column when they open it, Redis reads records without it as without an MD5).
@@ -20,7 +20,7 @@ from __future__ import annotations
 import abc
 import builtins
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -44,6 +44,20 @@ class Entry:
     meta: dict[str, str] = field(default_factory=dict)  # content-type, x-amz-meta-*
     deleted: bool = False  # a tombstone
     md5: bytes | None = None  # MD5 of the value (16 bytes), if known; None on tombstones
+
+
+MD5_META = "md5"  # the key of an object's MD5 (hex) in its own metadata (ObjectInfo.meta)
+
+
+def md5_of(meta: Mapping[str, str]) -> bytes | None:
+    """The MD5 an object's metadata records (MD5_META: 32 hex digits), or None."""
+    value = meta.get(MD5_META)
+    if not isinstance(value, str) or len(value) != 32:
+        return None
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return None
 
 
 def tombstone(version: int, mtime: float | None = None) -> Entry:
