@@ -32,6 +32,7 @@ restarted child gets the ports it had.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -95,9 +96,22 @@ class Child:
             "name": self.name, "state": self.state, "restarts": self.restarts,
             "pid": self.proc.pid if self.proc is not None and self.state in ("up", "starting")
             else None,
+            "started": _start_ticks(self.proc.pid) if self.proc is not None else None,
             "since": self.since, "last_exit": self.last_exit, "reason": self.reason,
             "log": str(self.log),
         }  # fmt: skip
+
+
+class Stopped(ShoalError):
+    """Ctrl-C (or SIGTERM) came while the cluster was starting."""
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot): with its pid, who it is."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _how(code: int) -> str:
@@ -133,9 +147,11 @@ class Supervisor:
 
     def spawn(self, c: Child) -> None:
         with open(c.log, "ab") as err:
+            # (a session of its own: a Ctrl-C on the terminal reaches `shoal up` only, which
+            # stops its children in order; they end with it however it ends: shoal.parent)
             c.proc = subprocess.Popen(
                 c.argv(), stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
-                env=child_env(),
+                env=child_env(), start_new_session=True,
             )  # fmt: skip
         assert c.proc.stdout is not None
         os.set_blocking(c.proc.stdout.fileno(), False)
@@ -219,7 +235,9 @@ class Supervisor:
             if failed:  # (at a first start, one try: the cause is most likely still there)
                 c = failed[0]
                 raise ShoalError(f"{c.name} did not start: it {c.last_exit}\n{_tail(c.log, 12)}")
-            if all(c.state == "up" for c in children) or stop():
+            if stop():
+                raise Stopped("stopped while starting")
+            if all(c.state == "up" for c in children):
                 return
             time.sleep(0.05)
 
@@ -277,6 +295,7 @@ class LocalCluster:
         self.daemons: list[Child] = []
         self.daemon_ids: dict[int, int] = {}  # daemon i (its folder) -> its id in the map
         self.http: Child | None = None
+        self._lock: int | None = None  # DATA/up.lock, held while this supervises the folder
 
     def _port(self, offset: int) -> int:
         return self.base + offset if self.base else 0
@@ -305,6 +324,7 @@ class LocalCluster:
     def start(self, stop: Callable[[], bool] = lambda: False) -> ClusterConfig:
         """Start the master and the daemons and wait until each listens; the client config."""
         self.data.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(self.data)
         _wait_for_previous(self.data)
         tls = self.tls
         issue(tls, "master", [])
@@ -368,7 +388,7 @@ class LocalCluster:
     def _mark_down(self, i: int, name: str) -> None:
         """Tell the master that daemon i's process ended (in the background: the master may
         be down too)."""
-        cfg = self.cfg
+        cfg, dead_at, child = self.cfg, time.time(), self.daemons[i]
 
         def go() -> None:
             import asyncio
@@ -380,8 +400,9 @@ class LocalCluster:
                 c = ClusterClient(cfg.master, cfg.access_key, cfg.secret, ca=cfg.ca)
                 try:
                     ids = self.daemon_ids or await self._ids(c)
-                    if i in ids:
-                        await c.admin("daemon_down", id=ids[i], why=f"{name}'s process ended")
+                    if i in ids and child.state not in ("starting", "up"):
+                        await c.admin("daemon_down", id=ids[i], dead_at=dead_at,
+                                      why=f"its process ended: shoal up's {name}")  # fmt: skip
                 finally:
                     await c.close()
 
@@ -468,8 +489,12 @@ class LocalCluster:
         self.sup.step()
 
     def stop(self) -> None:
+        if self._lock is None:  # (it never started: another `shoal up` may own the folder)
+            return
         self.sup.stop([[c for c in (self.http,) if c], self.daemons,
                        [c for c in (self.master,) if c]])  # fmt: skip
+        os.close(self._lock)
+        self._lock = None
 
     def dead(self) -> list[str]:
         """The children that are not running now (restarting or left down)."""
@@ -491,35 +516,43 @@ class LocalCluster:
         return None
 
 
+def _lock(data: Path) -> int:
+    """Hold DATA/up.lock for as long as this process supervises `data` (the kernel lets go of
+    it however the process ends): a second `shoal up` on the folder is refused."""
+    fd = os.open(data / "up.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        try:
+            pid = json.loads((data / STATUS_NAME).read_text()).get("pid")
+        except (OSError, ValueError, AttributeError):
+            pid = None
+        who = f" (pid {pid})" if isinstance(pid, int) else ""
+        raise ShoalError(f"another `shoal up`{who} is running on {data}") from None
+    return fd
+
+
 def _wait_for_previous(data: Path, timeout: float = 30.0) -> None:
-    """Refuse to run beside another `shoal up` on `data`; wait for the children of one that
-    was killed to finish stopping (they got SIGTERM when it died)."""
+    """Wait for the children of an earlier `shoal up` on `data` that was killed to finish
+    stopping (they got SIGTERM when it died); each is known by its pid and start time."""
     try:
         doc = json.loads((data / STATUS_NAME).read_text())
-    except (OSError, ValueError):
+        procs = [(p["pid"], p["started"]) for p in doc["processes"] if p.get("pid")]
+    except (OSError, ValueError, KeyError, TypeError):
         return
-    if not isinstance(doc, dict):
-        return
-    sup = doc.get("pid")
-    if isinstance(sup, int) and sup != os.getpid() and _is_shoal(sup):
-        raise ShoalError(f"another `shoal up` (pid {sup}) is running on {data}")
-    pids = [p["pid"] for p in doc.get("processes", []) if isinstance(p.get("pid"), int)]
+
+    def left() -> list[int]:
+        return [pid for pid, ticks in procs if ticks and _start_ticks(pid) == ticks]
+
     deadline = time.monotonic() + timeout
-    while (left := [p for p in pids if _is_shoal(p)]) and time.monotonic() < deadline:
+    while left() and time.monotonic() < deadline:
         time.sleep(0.1)
-    if left:
+    if left():
         raise ShoalError(
             f"processes of an earlier `shoal up` on {data} are still running: "
-            f"{', '.join(map(str, left))}"
+            f"{', '.join(map(str, left()))}"
         )
-
-
-def _is_shoal(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"shoal" in cmdline and b"\0zombie" not in cmdline
 
 
 def _try_lines(cluster: LocalCluster, http: str) -> list[str]:
@@ -533,7 +566,7 @@ def _try_lines(cluster: LocalCluster, http: str) -> list[str]:
     except ShoalError:
         found = None
     assert cluster.cfg is not None
-    if found is None or found.master != cluster.cfg.master:
+    if found != cluster.cfg:
         out.append(f"export SHOAL_CONFIG={cluster.config_path.resolve()}")
     out.append("shoal write hello --data-literal 'hello world' && shoal read hello")
     out.append("shoal status")
@@ -550,13 +583,12 @@ def run(data: str, daemons: int, size: str, base_port: int, http_port: int | Non
     def on_signal(signum: int, frame: object) -> None:
         nonlocal stop
         stop = True
+        cluster.sup.stopping = True  # (what ends from now on is being stopped, not restarted)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
         cfg = cluster.start(lambda: stop)
-        if stop:
-            return 1
         remember_up(cluster.config_path)
         s = cluster.wait_ready(cfg)
         http = cluster.start_http(lambda: stop) if cluster.http_port >= 0 else ""
@@ -571,11 +603,12 @@ def run(data: str, daemons: int, size: str, base_port: int, http_port: int | Non
         while not stop:
             time.sleep(0.1)
             cluster.step()
-    except ShoalError as exc:
+    except (ShoalError, OSError) as exc:
         if not stop:
             raise
-        say(f"stopped while starting: {exc}")
+        say(f"stopped while starting ({exc})")
     finally:
-        say("stopping ...")
+        if cluster.sup.children:
+            say("stopping ...")
         cluster.stop()
     return 0

@@ -103,9 +103,14 @@ async def test_shoal_up_supervises_its_cluster(up: Up, tmp_path: Path) -> None:
         await until(lambda: ledger.acked() > acked + 5, "writes going on", 30)
         await wait_clean(c, timeout=60)
 
-        # the master: daemons and this client carry on without it; it is back
+        # the master: daemons and this client carry on without it; it is back (and a scrub
+        # asked of it afterwards is a new one, followed to its end, not taken for the last)
+        out = shoal("scrub", env=env, cwd=tmp_path, timeout=120).stdout.decode()
+        assert "scrub 1 done" in out, out
         await kill_and_see_it_back(up, "master", ledger)
         assert b"HEALTH" in shoal("status", env=env, cwd=tmp_path).stdout
+        out = shoal("scrub", env=env, cwd=tmp_path, timeout=120).stdout.decode()
+        assert "scrub 2 requested" in out and "scrub 2 done" in out, out
 
         # the gateway
         await kill_and_see_it_back(up, "http", ledger)
@@ -137,6 +142,9 @@ async def test_shoal_up_supervises_its_cluster(up: Up, tmp_path: Path) -> None:
             assert "2 up, 3 in" in status, status
             acked = ledger.acked()  # writes go on with 2 of 3 (min_size 2)
             await until(lambda: ledger.acked() > acked + 5, "writes with a daemon left down")
+            # a rebalance says what waits for the daemon left down, and does not wait forever
+            out = shoal("rebalance", env=env, cwd=tmp_path, timeout=60).stdout.decode()
+            assert "objects stay degraded while 1 daemon(s) are down" in out, out
         finally:
             blocks.close()
         stats = await load.stop()

@@ -494,3 +494,21 @@ def test_cli_admin_and_objects(cluster: MasterProcess, tmp_path: Path) -> None:
     bare = shoal_env(tmp_path / "home")
     p = shoal("status", env=bare, cwd=tmp_path, ok=False)
     assert p.returncode == 1 and b"which cluster? give --master" in p.stderr
+
+
+@pytest.mark.asyncio
+async def test_daemon_down_from_a_supervisor(master: MasterProcess, tmp_path: Path) -> None:
+    """`daemon_down` (what `shoal up` sends when it sees a daemon's process end) marks it down
+    at once; one about a death older than the daemon's last registration (it has been started
+    again since) changes nothing."""
+    async with master.client_for() as c:
+        procs = [start_member(master, tmp_path / f"d{i}", f"h{i}") for i in range(2)]
+        ds = await wait_registered(c, 2)
+        vid = by_address(ds, procs[1])
+        e0 = await epoch_of(c)
+        await c.admin("daemon_down", id=vid, dead_at=time.time() - 60, why="a late report")
+        assert await epoch_of(c) == e0 and (await daemons_by_id(c))[vid]["up"]
+        assert stop_member(procs[1], signal.SIGKILL) == -signal.SIGKILL
+        await c.admin("daemon_down", id=vid, dead_at=time.time(), why="its process ended")
+        assert state((await daemons_by_id(c))[vid]) == "down,in"  # (not after --down-after)
+        assert f"daemon {vid} down (its process ended)" in master.log

@@ -179,3 +179,20 @@ def test_the_printed_commands_work_as_printed(up: Up, tmp_path: Path) -> None:
     other.mkdir()
     assert shoal("read", "hello", env=env, cwd=other).stdout == b"hello world"
     assert up.interrupt() == 0
+
+
+def test_a_second_shoal_up_on_the_folder_is_refused(up: Up, tmp_path: Path) -> None:
+    """A second `shoal up` on a running one's folder is refused, and leaves the first one's
+    processes, status and config as they were (a third is refused as well)."""
+    up.start()
+    before = (up.data / "up.json").read_text(), (up.data / "client.json").read_text()
+    assert up.proc is not None
+    for _ in range(2):
+        p = subprocess.run([*SHOAL, "up", "--base-port", "0", "--size", "256M"], cwd=tmp_path,
+                           env=up.env, capture_output=True, timeout=60)  # fmt: skip
+        assert p.returncode == 1, p
+        assert f"another `shoal up` (pid {up.proc.pid}) is running".encode() in p.stderr
+    assert ((up.data / "up.json").read_text(), (up.data / "client.json").read_text()) == before
+    assert len([p for p in up.processes().values() if p["state"] == "up"]) == 5
+    assert b"HEALTH_OK" in shoal("status", env=up.env, cwd=tmp_path).stdout
+    assert up.interrupt() == 0

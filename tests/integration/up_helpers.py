@@ -41,7 +41,7 @@ class Up:
             self.proc = subprocess.Popen(
                 [*SHOAL, "up", "--base-port", "0", "--size", "256M", "--daemons", "3", *extra],
                 cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=err,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL, start_new_session=True,  # (a shell's foreground job)
             )  # fmt: skip
         assert self.proc.stdout is not None
         out, deadline = b"", time.monotonic() + timeout
@@ -66,10 +66,14 @@ class Up:
         return (self.cwd / "up.err").read_text(errors="replace")
 
     def interrupt(self) -> int:
-        """Ctrl-C (SIGINT to its PID); its exit status. Its children must be gone too."""
+        """Ctrl-C as a terminal sends it (SIGINT to the foreground process group); its exit
+        status. Its children must be gone too, stopped by it, not reported as dead."""
         assert self.proc is not None
-        rc = stop_process(self.proc, signal.SIGINT, timeout=30)
+        os.killpg(self.proc.pid, signal.SIGINT)
+        rc = stop_process(self.proc, None, timeout=30)
         assert all_exited(self.children), "shoal up left its children running"
+        err = self.stderr()
+        assert "by itself" not in err and "starting it again" not in err.split("stopping")[-1], err
         return rc
 
     def kill(self) -> None:

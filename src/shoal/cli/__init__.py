@@ -64,6 +64,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
             top.add_parser(name, help=summary, add_help=False)
         elif name == next(n for n, (m, _) in COMMANDS.items() if m == module):
             importlib.import_module(f"shoal.cli.{module}").register(top)
+    for name, sub in top.choices.items():  # -q after the command too (`shoal scrub -q`)
+        if COMMANDS[name][0] == wanted:
+            sub.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                             help="no progress bars")  # fmt: skip
     return p
 
 

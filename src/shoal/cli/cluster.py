@@ -22,6 +22,7 @@ from shoal.cli.common import (
     run_async,
 )
 from shoal.config import DEFAULT_DATA
+from shoal.errors import ShoalError
 
 
 def cmd_master(args: argparse.Namespace) -> int:
@@ -109,7 +110,6 @@ def _processes(doc: dict[str, Any] | None) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from shoal.config import config_file, local_processes
-    from shoal.errors import ShoalError
 
     explicit = args.master or os.environ.get("SHOAL_MASTER")
     config = None if explicit else config_file(args.config)
@@ -186,7 +186,10 @@ async def _follow_scrub(cfg: Any, request: int) -> dict[str, Any]:
         with progress(None, "scrub", unit="objects") as advance:
             checked = 0
             while True:
-                sc: dict[str, Any] = (await c.admin("status"))["scrub"]
+                status = await c.admin("status")
+                if not status["up"]:
+                    raise ShoalError("no daemon is up: the scrub waits for them")
+                sc: dict[str, Any] = status["scrub"]
                 if sc["pass"] > checked:
                     advance(sc["pass"] - checked)
                 checked = sc["pass"]
@@ -197,7 +200,7 @@ async def _follow_scrub(cfg: Any, request: int) -> dict[str, Any]:
         await c.close()
 
 
-async def _follow_recovery(cfg: Any) -> None:
+async def _follow_recovery(cfg: Any) -> bool:
     """Until nothing is degraded or misplaced and no daemon is catching up: a progress bar of
     the objects left to move on a terminal, nothing in a pipe or with -q."""
     import asyncio
@@ -207,16 +210,30 @@ async def _follow_recovery(cfg: Any) -> None:
     def left(r: dict[str, Any]) -> int:
         return int(r["degraded_objects"]) + int(r["misplaced_objects"])
 
+    def stuck(s: dict[str, Any]) -> bool:
+        """All that is left waits for daemons that are down: nothing moves until they are
+        back or out."""
+        r = s["recovery"]
+        return s["up"] < s["daemons"] and not r["misplaced_objects"] and not r["recovering"]
+
     try:
-        r = (await c.admin("status"))["recovery"]
-        before = left(r)
+        s = await c.admin("status")
+        before = left(s["recovery"])
         with progress(before or None, "rebalance", unit="objects") as advance:
-            while left(r) or r["recovering"]:
+            while (left(s["recovery"]) or s["recovery"]["recovering"]) and not stuck(s):
                 await asyncio.sleep(0.5)
-                r = (await c.admin("status"))["recovery"]
-                if left(r) < before:
-                    advance(before - left(r))
-                    before = left(r)
+                s = await c.admin("status")
+                if left(s["recovery"]) < before:
+                    advance(before - left(s["recovery"]))
+                    before = left(s["recovery"])
+        if stuck(s) and left(s["recovery"]):
+            down = s["daemons"] - s["up"]
+            print(f"{s['recovery']['degraded_objects']} objects stay degraded while {down} "
+                  "daemon(s) are down: they get their copies back when those daemons return, or "
+                  "on others once they are out (`shoal daemon out ID`, or by themselves after "
+                  "--out-after)")  # fmt: skip
+            return False
+        return True
     finally:
         await c.close()
 
@@ -229,8 +246,8 @@ def cmd_rebalance(args: argparse.Namespace) -> int:
     if not args.dry_run:
         admin(args, "rebalance")
         print("rebalance requested; following it (Ctrl-C stops following, not the move)")
-        run_async(_follow_recovery(cfg))
-        print("done: every object is where the map puts it")
+        if run_async(_follow_recovery(cfg)):
+            print("done: every object is where the map puts it")
         return 0
 
     async def plan() -> dict[int, dict[str, Any]]:

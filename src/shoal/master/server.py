@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+import msgpack
+
 from shoal.cluster.auth import (
     Ticket,
     check_rights,
@@ -87,10 +89,14 @@ class Master:
         self.ticket_key = state.ticket_key
         now = time.monotonic()
         self.last_seen = {i: now for i in self.map.daemons}  # a restarted master gives grace
+        self.registered_at: dict[int, float] = {}  # (wall clock) a daemon's last registration
         self.down_since = {i: now for i, d in self.map.daemons.items() if not d.up}
         self.auto_out: set[int] = set()
         self.usage: dict[int, tuple[int, int]] = {}  # id -> (capacity, used), from heartbeats
         self.recovery = RecoveryReports()
+        saved = state.setting("requests")  # (so that `shoal scrub` after a restart is new)
+        if saved:
+            self.recovery.requests.update(msgpack.unpackb(saved, raw=False))
         self.changed = asyncio.Condition()
         self._listeners: list[socket.socket] = []
         self._accepting: list[asyncio.Task[None]] = []
@@ -244,6 +250,7 @@ class Master:
             m.epoch + 1,  # (every registration is a new start: a new epoch, see below)
         )  # fmt: skip
         self.last_seen[daemon_id] = time.monotonic()
+        self.registered_at[daemon_id] = time.time()
         self.usage[daemon_id] = (capacity, used)
         self.auto_out.discard(daemon_id)
         # Always a new epoch, even for a daemon restarted before it was seen down: its copies
@@ -375,11 +382,13 @@ class Master:
 
     async def daemon_down(self, a: dict[str, Any]) -> dict[str, Any]:
         """Mark a daemon down now, without waiting --down-after for its heartbeats: its
-        supervisor saw its process end (`shoal up` does). A daemon that is in fact alive is
-        up again at its next heartbeat."""
+        supervisor saw its process end (`shoal up` does) at `dead_at` (wall clock); not if it
+        has registered again since. A daemon that is in fact alive is up again at its next
+        heartbeat."""
         d = self.map.daemon(int(a.get("id", -1)))
-        if not d.up:
-            return {"epoch": self.map.epoch}
+        dead_at = float(a.get("dead_at") or 0)
+        if not d.up or self.registered_at.get(d.id, 0.0) > dead_at > 0:
+            return {"epoch": self.map.epoch}  # (down already, or started again since)
         self.down_since[d.id] = time.monotonic()
         why = str(a.get("why") or "its process ended")
         await self.commit(
@@ -508,10 +517,14 @@ class Master:
         pool = str(a.get("pool") or "")
         if pool:
             self.map.pool(pool)  # NotFound if there is none
-        return {"scrub": self.recovery.scrub(pool)}
+        n = self.recovery.scrub(pool)
+        self.state.set_setting("requests", msgpack.packb(self.recovery.requests))
+        return {"scrub": n}
 
     async def rebalance(self, a: dict[str, Any]) -> dict[str, Any]:
-        return {"rebalance": self.recovery.rebalance()}
+        n = self.recovery.rebalance()
+        self.state.set_setting("requests", msgpack.packb(self.recovery.requests))
+        return {"rebalance": n}
 
 
 _ADMIN: dict[str, Callable[[Master, dict[str, Any]], Any]] = {

@@ -120,6 +120,14 @@ class MasterState:
 
     # -- keys --------------------------------------------------------------------------------
 
+    def setting(self, name: str) -> bytes | None:
+        row = self.db.execute("SELECT value FROM settings WHERE name=?", (name,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def set_setting(self, name: str, value: bytes) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (name, value))
+
     @property
     def ticket_key(self) -> bytes:
         row = self.db.execute("SELECT value FROM settings WHERE name='ticket_key'").fetchone()
