@@ -15,6 +15,7 @@ import pytest
 from shoal.engine import ObjectStore
 from shoal.engine.keystore import MAX_META, SCHEMA_VERSION, encode_meta, meta_digest
 from shoal.errors import InvalidArgument
+from shoal.index import MD5_META, md5_of, of_object
 
 META = {"content-type": "text/plain", "md5": "5eb63bbbe01eeed093cb22bb8f5acdc3", "x": "ü"}
 
@@ -193,3 +194,12 @@ def test_disk_put_and_stat_show_the_meta(tmp_path: Path) -> None:
     assert info["meta"] == {"content-type": "text/plain",
                             "md5": "49f68a5c8493ec2c0bf489821c21fc3b"}  # fmt: skip
     assert "content-type" in shoal("stat", dev, "a")
+
+
+def test_a_rebuild_entry_takes_the_md5_and_the_rest_from_the_objects_meta() -> None:
+    md5 = bytes(range(16))
+    e = of_object(5, b"h" * 32, 7, 1.5, {MD5_META: md5.hex(), "content-type": "text/plain"})
+    assert (e.md5, e.meta, e.version, e.size) == (md5, {"content-type": "text/plain"}, 7, 5)
+    assert of_object(5, None, 7, 1.5, {}).md5 is None
+    for bad in ("", "xyz", "0" * 31, "g" * 32):
+        assert md5_of({MD5_META: bad}) is None

@@ -86,7 +86,7 @@ def cmd_http(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from shoal.index import Entry, md5_of, open_index
+    from shoal.index import Entry, of_object, open_index
 
     index = open_index(args.index)
     client = _client(args)
@@ -108,8 +108,8 @@ def cmd_index(args: argparse.Namespace) -> int:
                     async for info in client.list(args.pool):
                         seen += 1
                         advance(1)
-                        yield info.name, Entry(info.size, info.hash, info.version, info.mtime,
-                                               md5=md5_of(info.meta))  # fmt: skip
+                        yield info.name, of_object(info.size, info.hash, info.version,
+                                                   info.mtime, info.meta)  # fmt: skip
 
             written, removed = await index.rebuild(args.pool, items(), started)
             print(f"{index.url}: pool {args.pool}: {written} keys from the daemons, "

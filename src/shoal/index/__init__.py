@@ -20,12 +20,13 @@ from shoal.index.base import (
     IndexUnavailable,
     mask_url,
     md5_of,
+    of_object,
     tombstone,
 )
 
 __all__ = [
-    "MAX_KEY", "MD5_META", "Entry", "Index", "IndexUnavailable", "md5_of", "open_index",
-    "tombstone",
+    "MAX_KEY", "MD5_META", "Entry", "Index", "IndexUnavailable", "md5_of", "of_object",
+    "open_index", "tombstone",
 ]  # fmt: skip
 
 URL_FORMS = (

@@ -8,7 +8,7 @@ per key across processes. Keys are ordered bytewise in UTF-8, the order S3 lists
 
 An entry's MD5 (minikeyvalue's Content-Md5, S3's ETag): the gateway computes it while a PUT's
 body streams in and stores it here and in the object's own metadata (under MD5_META, hex),
-from which a rebuild takes it back (`md5_of`). Objects written by versions of shoal before
+from which a rebuild takes it back (`of_object`). Objects written by versions of shoal before
 that carry none, nor do rows made by them: `amend` adds it later to the row of that very
 version, which a gateway does the first time a HEAD asks for it (shoal.gateway.http). Every
 backend takes a database made before the field existed as it is (SQLite and PostgreSQL add
@@ -58,6 +58,15 @@ def md5_of(meta: Mapping[str, str]) -> bytes | None:
         return bytes.fromhex(value)
     except ValueError:
         return None
+
+
+def of_object(
+    size: int, hash: bytes | None, version: int, mtime: float, meta: Mapping[str, str]
+) -> Entry:
+    """The entry a rebuild makes of an object from its record (a stat or a listing): its MD5
+    and the rest of what was stored with it (Entry.meta) are taken from its metadata."""
+    rest = {k: v for k, v in meta.items() if k != MD5_META}
+    return Entry(size, hash, version, mtime, rest, md5=md5_of(meta))
 
 
 def tombstone(version: int, mtime: float | None = None) -> Entry:
