@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -73,3 +74,46 @@ def boto_request(
 
 class _Captured(Exception):
     pass
+
+
+def encode_chunked(
+    payload: bytes,
+    sizes: list[int],
+    *,
+    key: bytes | None = None,
+    seed: str = "",
+    timestamp: str = "",
+    scope: str = "",
+    trailer: tuple[str, str] | None = None,
+) -> bytes:
+    """An aws-chunked body as a client writes it: chunks of `sizes` (then the rest), signed
+    with `key` from `seed` when a key is given, and one trailer when given."""
+    from shoal.proto.s3.chunked import chunk_signature, trailer_signature
+
+    pieces, rest = [], payload
+    for n in sizes:
+        if rest:
+            pieces.append(rest[:n])
+            rest = rest[n:]
+    if rest:
+        pieces.append(rest)
+    pieces.append(b"")
+    out, previous = bytearray(), seed
+    for piece in pieces:
+        out += b"%x" % len(piece)
+        if key is not None:
+            previous = chunk_signature(
+                key, timestamp, scope, previous, hashlib.sha256(piece).hexdigest()
+            )
+            out += b";chunk-signature=" + previous.encode()
+        out += b"\r\n" + piece
+        if piece:
+            out += b"\r\n"
+    if trailer is not None:
+        line = f"{trailer[0]}:{trailer[1]}".encode()
+        out += line + b"\r\n"
+        if key is not None:
+            signature = trailer_signature(key, timestamp, scope, previous, line + b"\n")
+            out += b"x-amz-trailer-signature:" + signature.encode() + b"\r\n"
+    out += b"\r\n"
+    return bytes(out)
