@@ -42,12 +42,10 @@ import functools
 import hashlib
 import json
 import logging
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from email.utils import formatdate
-from typing import IO, Any
+from typing import Any
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
 from shoal.asgi import Receive, Scope, Send
@@ -64,6 +62,16 @@ from shoal.errors import (
     Unavailable,
 )
 from shoal.gateway.auth import CHALLENGE, KeyCheck, KeyRefused
+from shoal.gateway.common import (
+    BodyTimeout,
+    ClientGone,
+    RequestLog,
+    receive_body,
+    stream_reply,
+)
+from shoal.gateway.common import Exchange as _Exchange
+from shoal.gateway.common import header as _header
+from shoal.gateway.common import http_date as _http_date
 from shoal.index import MAX_KEY, MD5_META, Entry, Index, IndexUnavailable, md5_of
 from shoal.proto.http import parse_range
 
@@ -71,103 +79,14 @@ log = logging.getLogger("shoal.http")
 
 LIST_MAX = 1_000_000  # keys in one listing without `limit` (minikeyvalue's bound too)
 LIST_PAGE = 1000
-SLICE = 256 << 10  # bytes of a large reply handed to the server at a time
 READ_AHEAD = 2  # stripes of a large object fetched ahead of the client (memory per reader)
 IDLE_TIMEOUT = 60.0  # seconds a client may send nothing of its body (408), or take nothing
 HASH_OFF_LOOP = 256 << 10  # bytes hashed (MD5) at a time in a worker thread; less in place
 OCTETS = b"application/octet-stream"
 
 
-class ClientGone(ShoalError):
-    """The client went away, or took nothing for too long, before the exchange was over:
-    there is nobody to answer."""
-
-
 class BadDigest(InvalidArgument):
     """The body does not match its Content-MD5."""
-
-
-class BodyTimeout(ShoalError):
-    """The client stopped sending its body (408)."""
-
-
-async def _disconnected(receive: Receive) -> None:
-    """Returns once the client has gone (or the reply is complete)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-class RequestLog:
-    """One JSON line per request: time, method, key, status, bytes (of the body, in or out),
-    seconds, remote address. To stderr, or appended to a file. Lines are written out in
-    batches, at most FLUSH_AFTER seconds after they are made."""
-
-    FLUSH_AFTER = 0.2
-
-    def __init__(self, path: str | None = None) -> None:
-        self.path = path
-        self.stream: IO[str] = (
-            sys.stderr if path in (None, "-") else open(path, "a")  # noqa: SIM115
-        )
-        self._lines: list[str] = []
-        self._timer: asyncio.TimerHandle | None = None
-
-    def write(
-        self, method: str, key: str, status: int, nbytes: int, seconds: float, remote: str
-    ) -> None:
-        self._lines.append(
-            f'{{"time": {time.time():.3f}, "method": "{method}", "key": '
-            f"{json.dumps(key, ensure_ascii=False)}, "
-            f'"status": {status}, "bytes": {nbytes}, "seconds": {seconds:.6f}, '
-            f'"remote": "{remote}"}}\n'
-        )
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.FLUSH_AFTER, self.flush)
-
-    def flush(self) -> None:
-        self._timer = None
-        lines, self._lines = self._lines, []
-        with contextlib.suppress(OSError, ValueError):  # (a full disk must not stop serving)
-            self.stream.write("".join(lines))
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self.flush()
-        if self.stream is not sys.stderr:
-            self.stream.close()
-
-
-class _Exchange:
-    """One request's reply: wraps `send`, remembering the status and counting body bytes."""
-
-    __slots__ = ("nbytes", "send", "started", "status", "unread")
-
-    def __init__(self, send: Send) -> None:
-        self.send, self.status, self.nbytes, self.started = send, 0, 0, False
-        self.unread = False  # a request body not (wholly) read: the connection cannot go on
-
-    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self.status, self.started = status, True
-        await self.send({"type": "http.response.start", "status": status, "headers": headers})
-
-    async def body(self, data: bytes | memoryview, more: bool = False) -> None:
-        self.nbytes += len(data)
-        await self.send({"type": "http.response.body", "body": data, "more_body": more})
-
-    async def whole(
-        self, status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
-        hdrs = list(headers or [])
-        if status != 204:
-            hdrs.append((b"content-length", str(len(body)).encode()))
-        if body:
-            hdrs.append((b"content-type", b"text/plain; charset=utf-8"))
-        if self.unread:  # (a client that sent Expect: 100-continue never sends the body)
-            hdrs.append((b"connection", b"close"))
-        await self.start(status, hdrs)
-        await self.body(body)
 
 
 def _status_of(exc: BaseException) -> int:
@@ -359,34 +278,7 @@ class HttpGateway:
             await x.body(b"")
             return
         pieces = reader.pieces(first, length, ahead=READ_AHEAD)
-        async with contextlib.aclosing(pieces):  # (its read-ahead stops with it)
-            piece = await anext(pieces)  # (a failure before the first byte still gets a status)
-            await x.start(status, headers)
-            nxt = await anext(pieces, None)
-            if nxt is None:
-                await x.body(piece)
-                return
-            # more than one piece: watch for the client going, or the cluster would be read
-            # to its end for nobody (a send to a closed connection does not fail)
-            gone = asyncio.ensure_future(_disconnected(receive))
-            try:
-                while True:
-                    # in slices, each given the idle timeout: a slow reader that keeps
-                    # reading is not cut off, one that takes nothing is
-                    for at in range(0, len(piece), SLICE):
-                        if gone.done():
-                            raise ClientGone("the client went away during the reply")
-                        last = at + SLICE >= len(piece) and nxt is None
-                        try:
-                            async with asyncio.timeout(self.idle):
-                                await x.body(piece[at : at + SLICE], not last)
-                        except TimeoutError:
-                            raise ClientGone(f"the client took nothing for {self.idle} s") from None
-                    if nxt is None:
-                        break
-                    piece, nxt = nxt, await anext(pieces, None)
-            finally:
-                gone.cancel()
+        await stream_reply(x, receive, pieces, status, headers, self.idle)
 
     async def _described(self, key: str) -> tuple[ObjectInfo, bytes | None]:
         """A HEAD's object record (a stat) and MD5: the index's, if it has one for the version
@@ -565,27 +457,6 @@ class _Busy(ShoalError):
     """The key is being changed by another request of this gateway (409, as minikeyvalue)."""
 
 
-_dates: dict[int, bytes] = {}
-
-
-def _http_date(t: float) -> bytes:
-    """An HTTP date (remembered: many objects share a second)."""
-    s = int(t)
-    d = _dates.get(s)
-    if d is None:
-        if len(_dates) > 4096:
-            _dates.clear()
-        d = _dates[s] = formatdate(s, usegmt=True).encode()
-    return d
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for k, v in scope["headers"]:
-        if k == name:
-            return str(v.decode("latin-1"))
-    return None
-
-
 class _Md5:
     """The MD5 of a body as it arrives (`value`, once `finish` has run). Runs of
     HASH_OFF_LOOP bytes are hashed in a worker thread (hashlib lets go of the GIL on large
@@ -637,26 +508,9 @@ async def _body(
     """The request body as it comes, hashed into `md5`; ClientGone if the client leaves
     before its end, BodyTimeout if it sends nothing for `idle` seconds, BadDigest (after the
     last piece) if it does not match `expected` (a Content-MD5)."""
-    got = 0
-    while True:
-        try:
-            async with asyncio.timeout(idle):
-                msg = await receive()
-        except TimeoutError:
-            raise BodyTimeout(
-                f"no byte of the body for {idle} s (after {got}): nothing stored"
-            ) from None
-        if msg["type"] == "http.disconnect":
-            want = f" of {size}" if size is not None else ""
-            raise ClientGone(f"the client went away after {got}{want} bytes")
-        piece = msg.get("body", b"")
-        if piece:
-            got += len(piece)
-            await md5.add(piece)
-            yield piece
-        if not msg.get("more_body", False):
-            break
-    x.unread = False
+    async for piece in receive_body(x, receive, size, idle):
+        await md5.add(piece)
+        yield piece
     digest = await md5.finish()
     if expected is not None and digest != expected:
         raise BadDigest("the body does not match its Content-MD5: nothing was stored")
