@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,14 +39,32 @@ def boto_request(
     operation: str, endpoint: str = "https://s3.example.com:9000", **params: Any
 ) -> tuple[Request, bytes]:
     """The request boto3's client sends for `operation`, and its body, as the wire has them."""
+    client = _client(endpoint)
+    with contextlib.suppress(_Captured):
+        getattr(client, operation)(**params)
+    request = _sent.pop()
+    body = request.body
+    if body is None:
+        data = b""
+    elif isinstance(body, bytes | bytearray):
+        data = bytes(body)
+    elif isinstance(body, str):
+        data = body.encode()
+    else:
+        data = body.read()
+    return to_request(request.method, request.url, request.headers), data
+
+
+_sent: list[Any] = []
+
+
+@functools.cache
+def _client(endpoint: str) -> Any:
     import boto3
-    from botocore.awsrequest import AWSResponse
     from botocore.config import Config
 
-    sent: list[Any] = []
-
-    def send(request: Any, **_: Any) -> AWSResponse:
-        sent.append(request)
+    def send(request: Any, **_: Any) -> None:
+        _sent.append(request)
         raise _Captured
 
     client = boto3.client(
@@ -57,19 +76,7 @@ def boto_request(
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
     )
     client.meta.events.register("before-send.s3.*", send)
-    with contextlib.suppress(_Captured):
-        getattr(client, operation)(**params)
-    request = sent[-1]
-    body = request.body
-    if body is None:
-        data = b""
-    elif isinstance(body, bytes | bytearray):
-        data = bytes(body)
-    elif isinstance(body, str):
-        data = body.encode()
-    else:
-        data = body.read()
-    return to_request(request.method, request.url, request.headers), data
+    return client
 
 
 class _Captured(Exception):
