@@ -124,3 +124,13 @@ def encode_chunked(
             out += b"x-amz-trailer-signature:" + signature.encode() + b"\r\n"
     out += b"\r\n"
     return bytes(out)
+
+
+def boto_parse(operation: str, body: bytes, status: int = 200) -> dict[str, Any]:
+    """`body` as boto3's client would read it in the answer to `operation`."""
+    from botocore.parsers import RestXMLParser
+
+    model = _client("https://s3.example.com:9000").meta.service_model.operation_model(operation)
+    response = {"body": body, "headers": {}, "status_code": status, "context": {}}
+    parsed: dict[str, Any] = RestXMLParser().parse(response, model.output_shape)
+    return parsed
