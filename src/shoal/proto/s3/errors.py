@@ -46,6 +46,7 @@ CODES: dict[str, tuple[int, str]] = {
     "InvalidDigest": (400, "The Content-MD5 or checksum value you specified is not valid."),
     "InvalidLocationConstraint": (400, "The specified location constraint is not valid."),
     "InvalidObjectState": (403, "The operation is not valid for the current state of the object."),
+    "InvalidPolicyDocument": (400, "The content of the form does not meet the conditions specified in the policy document."),
     "InvalidPart": (400, "One or more of the specified parts could not be found.  The part may not have been uploaded, or the specified entity tag may not match the part's entity tag."),
     "InvalidPartOrder": (400, "The list of parts was not in ascending order. Parts must be ordered by part number."),
     "InvalidRange": (416, "The requested range is not satisfiable"),
