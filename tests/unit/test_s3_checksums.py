@@ -89,3 +89,27 @@ def test_digests_given_back() -> None:
     digests = check.finish()
     assert digests.md5 == hashlib.md5(b"123456789").digest()
     assert digests.checksum == ("crc32", "y/Q5Jg==")
+
+
+def test_boto3_http_put_checked_end_to_end() -> None:
+    import time
+
+    from shoal.proto.s3.sigv4 import verify
+
+    from .s3_helpers import boto_request, keys
+
+    request, body = boto_request(
+        "put_object", endpoint="http://127.0.0.1:9000", Bucket="b", Key="k", Body=b"x" * 1000
+    )
+    ctx = verify(request, keys, now=time.time())
+    assert ctx is not None and ctx.content_sha256 is not None
+    check = BodyCheck(request.headers, content_sha256=ctx.content_sha256)
+    check.update(body)
+    digests = check.finish()
+    assert digests.checksum == ("crc32", request.header("x-amz-checksum-crc32"))
+    assert digests.md5 == hashlib.md5(body).digest()
+    changed = BodyCheck(request.headers, content_sha256=ctx.content_sha256)
+    changed.update(b"y" + body[1:])
+    with pytest.raises(S3Error) as e:
+        changed.finish()
+    assert e.value.code == "XAmzContentSHA256Mismatch"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import calendar
+import dataclasses
 import itertools
 import time
 import zlib
@@ -272,3 +273,11 @@ def test_any_changed_byte_is_refused(
     body[int(where * len(body))] ^= xor
     with pytest.raises(S3Error):
         _decode(ChunkedDecoder.for_context(ctx), [bytes(body)])
+
+
+def test_decoded_length_is_required() -> None:
+    ctx = _signed_context(Payload.STREAMING_SIGNED)
+    without = dataclasses.replace(ctx, decoded_length=None)
+    with pytest.raises(S3Error) as e:
+        ChunkedDecoder.for_context(without)
+    assert (e.value.code, e.value.status) == ("MissingContentLength", 411)

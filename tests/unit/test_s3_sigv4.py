@@ -7,6 +7,8 @@ import hashlib
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shoal.cluster.auth import s3_signing_key
 from shoal.proto.s3 import sigv4
@@ -323,3 +325,40 @@ def test_botocore_sigv4auth_round_trip_with_odd_query_and_headers() -> None:
     headers["host"] = "s3.example.com"
     request = to_request("GET", prepared.url, headers)
     assert verify(request, keys, now=time.time()) is not None
+
+
+_KEYS = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=40
+)  # (any printable UTF-8 name)
+_PARAMS = st.dictionaries(
+    st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=10),
+    st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=10),
+    max_size=4,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(key=_KEYS, params=_PARAMS, presigned=st.booleans())
+def test_any_key_and_query_botocore_signs_verifies(
+    key: str, params: dict[str, str], presigned: bool
+) -> None:
+    from urllib.parse import quote, urlencode
+
+    from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from .s3_helpers import to_request
+
+    url = "https://s3.example.com/bucket/" + quote(key, safe="/~")
+    query = urlencode(params, quote_via=quote)
+    raw = AWSRequest("GET", url + ("?" + query if query else ""))
+    credentials = Credentials(ACCESS_KEY, SECRET)
+    if presigned:
+        S3SigV4QueryAuth(credentials, "s3", "us-east-1", expires=60).add_auth(raw)
+    else:
+        S3SigV4Auth(credentials, "s3", "us-east-1").add_auth(raw)
+    prepared = raw.prepare()
+    headers = {**dict(prepared.headers), "host": "s3.example.com"}
+    ctx = verify(to_request("GET", prepared.url, headers), keys, now=time.time())
+    assert ctx is not None and ctx.presigned == presigned

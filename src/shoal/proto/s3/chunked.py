@@ -130,9 +130,15 @@ class ChunkedDecoder:
 
     @classmethod
     def for_context(cls, ctx: Context) -> ChunkedDecoder:
-        """The decoder of a verified STREAMING-* request."""
+        """The decoder of a verified STREAMING-* request; one without
+        x-amz-decoded-content-length is refused (MissingContentLength, 411)."""
         if not ctx.payload.streaming:
             raise ValueError(f"not a streaming payload: {ctx.payload}")
+        if ctx.decoded_length is None:
+            raise S3Error(
+                "MissingContentLength",
+                "An aws-chunked upload must send x-amz-decoded-content-length.",
+            )
         return cls(
             signed=ctx.payload is not Payload.STREAMING_UNSIGNED_TRAILER,
             trailers=ctx.trailers,
