@@ -8,7 +8,7 @@ imports the client and not the engine, the master or the gateways:
     daemon    daemon (file-store): serve one disk; ls, out, in, rm: the cluster's daemons
     cluster   master, pool, key, status, scrub, rebalance, certs
     up        up: a local cluster in one command (shoal.up supervises it)
-    gateway   http, index: minikeyvalue's API and its name index
+    gateway   http, s3, index: minikeyvalue's API, S3's, and their name index
 
 Each module has `register(subparsers)`, which adds its commands with their full options; the
 others appear in `shoal --help` by name and summary only. Shared helpers live in `common`.
@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "daemon": ("daemon", "serve one disk; or ls, out, in, rm: the cluster's daemons"),
     "file-store": ("daemon", "= daemon"),
     "http": ("gateway", "serve minikeyvalue's HTTP API over a pool (port 3000)"),
+    "s3": ("gateway", "serve S3's API over a pool (port 9000)"),
     "index": ("gateway", "the name index behind the gateways' listings"),
     "disk": ("disk", "operate one disk's engine directly"),
 }

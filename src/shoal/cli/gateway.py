@@ -1,5 +1,5 @@
-"""The gateway side of the `shoal` command: `shoal http` (minikeyvalue's API over a pool)
-and `shoal index` (the name index behind its listings)."""
+"""The gateway side of the `shoal` command: `shoal http` (minikeyvalue's API over a pool),
+`shoal s3` (S3's API over a pool) and `shoal index` (the name index behind their listings)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def cmd_http(args: argparse.Namespace) -> int:
     from shoal.asgi import start_http, stop_http
     from shoal.daemon.main import run_service
     from shoal.gateway.auth import KeyCheck, auth_required
-    from shoal.gateway.http import HttpGateway, RequestLog
+    from shoal.gateway.common import RequestLog
+    from shoal.gateway.http import HttpGateway
     from shoal.index import open_index
     from shoal.memory import keep_heap
 
@@ -73,6 +74,49 @@ def cmd_http(args: argparse.Namespace) -> int:
             who = "keys required" if keys else "open: no keys"
             print(f"shoal http listening on {host}:{port} (pool {args.pool}, index "
                   f"{index.url}, GET by {mode}, {who})", flush=True)  # fmt: skip
+            await stop.wait()
+        finally:
+            if server is not None:
+                await stop_http(server)
+            await client.close()
+            await index.close()
+            if request_log is not None:
+                request_log.close()
+
+    return run_service(serve())
+
+
+def cmd_s3(args: argparse.Namespace) -> int:
+    from shoal.asgi import start_http, stop_http
+    from shoal.daemon.main import run_service
+    from shoal.gateway.common import RequestLog
+    from shoal.gateway.s3 import S3Gateway
+    from shoal.gateway.s3keys import S3Keys
+    from shoal.index import open_index
+    from shoal.memory import keep_heap
+
+    index = open_index(args.index)  # (a bad URL is refused before anything starts)
+    keep_heap()
+    client = _client(args)
+    request_log = None if args.log == "off" else RequestLog(args.log)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        server = None
+        try:
+            await index.open()
+            await _pool_exists(client, args.pool)
+            app = S3Gateway(
+                client, index, args.pool, S3Keys.of(client), region=args.region,
+                domain=args.domain, request_log=request_log, idle_timeout=args.idle_timeout,
+            )  # fmt: skip
+            server, (host, port) = await start_http(app, f"{args.host}:{args.port}")
+            vhost = f", virtual hosts BUCKET.{args.domain}" if args.domain else ""
+            print(f"shoal s3 listening on {host}:{port} (pool {args.pool}, index {index.url}, "
+                  f"region {args.region}{vhost})", flush=True)  # fmt: skip
             await stop.wait()
         finally:
             if server is not None:
@@ -151,6 +195,27 @@ def register(top: Any) -> None:
     )  # fmt: skip
     add_cluster_options(v)
     v.set_defaults(func=cmd_http)
+
+    v = top.add_parser("s3", help="serve S3's API over a pool (port 9000)")
+    v.add_argument("--port", type=int, default=9000)
+    v.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    v.add_argument("--pool", default="default", help="the pool whose objects it serves")
+    v.add_argument("--index", default=DEFAULT_INDEX, help=INDEX_HELP)
+    v.add_argument(
+        "--domain", help="serve virtual-host-style requests too: Host BUCKET.DOMAIN",
+    )  # fmt: skip
+    v.add_argument("--region", default="us-east-1", help="the region clients sign for")
+    v.add_argument(
+        "--idle-timeout", type=float, default=60.0, metavar="SECONDS",
+        help="a client that sends nothing of its body, or takes nothing of a reply, for this "
+        "long is cut off",
+    )  # fmt: skip
+    v.add_argument(
+        "--log", default="-",
+        help="the request log, one JSON line per request: a file, - (stderr) or off",
+    )  # fmt: skip
+    add_cluster_options(v)
+    v.set_defaults(func=cmd_s3)
 
     v = top.add_parser("index", help="the name index behind the gateways' listings")
     v.add_argument(

@@ -1,0 +1,957 @@
+"""The S3 gateway: S3's REST API over one pool of the cluster (the first slice of issue 13).
+
+Addressing: path-style (/BUCKET/KEY) and, with a domain D, virtual-host-style (Host:
+BUCKET.D). Bucket B's key K is the pool's object "B/K", the very object the HTTP gateway
+over the same pool serves as /B/K; a bucket is listed from the name index with the prefix
+"B/". A bucket's record is a small object of its own, BUCKETS + B (".s3/buckets/B"; bucket
+names never start with '.', so it is never a bucket's key), its owner (access key), region
+and creation time in its metadata: stored first, indexed second, so that `shoal index
+rebuild` finds the buckets again with everything else.
+
+Authentication: SigV4 (shoal.proto.s3.sigv4) in the Authorization header or presigned in the
+query, with the signing key of (access key, day, region) from the master (shoal.gateway.
+s3keys); a payload signed by its SHA-256, UNSIGNED-PAYLOAD, or aws-chunked (chunk
+signatures, trailers, the trailing checksum: shoal.proto.s3.chunked). Anonymous requests
+are refused (AccessDenied), as are SigV2 ones (not yet). A request needs its key's right on
+the pool: r for GET, HEAD and listings, w for PUT (a bucket or an object), d for DELETE.
+
+Operations: ListBuckets (the requester's), CreateBucket (LocationConstraint: the gateway's
+region), HeadBucket, DeleteBucket (BucketNotEmpty), GetBucketLocation, GetBucketVersioning
+(never enabled, as yet); PutObject, GetObject (a single range, conditions, response-*
+overrides), HeadObject, DeleteObject (204 whatever there was); ListObjects v1 and v2.
+Everything else S3 has (multipart, copy, tagging, ACLs, versioning, ...) is NotImplemented.
+
+The data path is the HTTP gateway's (shoal.gateway.common): bodies streamed with bounded
+memory through ClusterClient.put_stream and open(); a PUT's body is decoded and checked as it
+comes (aws-chunked, Content-MD5, x-amz-content-sha256, x-amz-checksum-*: runs of it in a
+worker thread) and every check is done before the body iterator ends, so a refusal raises
+inside put_stream, which then stores nothing (stripes already sent are deleted, no head is
+written); the object's metadata (its MD5, the content headers, x-amz-meta-*, the checksum)
+goes with it, and the index entry comes last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import calendar
+import contextlib
+import email.utils
+import itertools
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote_to_bytes
+from xml.sax.saxutils import escape
+
+from shoal.asgi import Receive, Scope, Send
+from shoal.client.client import ObjectInfo
+from shoal.client.cluster import ClusterClient, NoDaemon, S3Grant
+from shoal.errors import (
+    Forbidden,
+    InvalidArgument,
+    NoSpace,
+    NotFound,
+    OutcomeUnknown,
+    Unavailable,
+)
+from shoal.gateway.common import (
+    BodyTimeout,
+    ClientGone,
+    Exchange,
+    RequestLog,
+    http_date,
+    receive_body,
+    stream_reply,
+)
+from shoal.gateway.s3keys import S3Keys, UnknownAccessKey
+from shoal.index import MAX_KEY, MD5_META, Entry, Index, IndexUnavailable, md5_of
+from shoal.proto.s3 import sigv4
+from shoal.proto.s3.checksums import BodyCheck, Digests
+from shoal.proto.s3.chunked import ChunkedDecoder
+from shoal.proto.s3.errors import S3Error
+
+log = logging.getLogger("shoal.s3")
+
+NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+BUCKETS = ".s3/buckets/"  # a bucket's record: the object BUCKETS + name
+IDLE_TIMEOUT = 60.0
+READ_AHEAD = 2  # stripes of a large object fetched ahead of the client
+OFF_LOOP = 256 << 10  # bytes of a body decoded and hashed at a time in a worker thread
+MAX_SMALL_BODY = 64 << 10  # a request body that is not an object's (CreateBucket's XML)
+MAX_USER_META = 2048  # bytes of x-amz-meta-* names and values, as S3
+LIST_MAX = 1000
+DEFAULT_TYPE = "binary/octet-stream"  # S3's Content-Type for an object stored without one
+
+# the standard headers kept with an object and given back by GET and HEAD
+STORED_HEADERS = (
+    "content-type", "content-encoding", "content-disposition", "content-language",
+    "cache-control", "expires", "x-amz-website-redirect-location",
+)  # fmt: skip
+OWNER_META = "owner"  # (object and bucket metadata) the access key that wrote it
+CHECKSUM_META = "x-amz-checksum-"  # + algorithm: the checksum the client sent, base64
+
+# query names that ask for something other than the plain operation (not implemented yet)
+SUBRESOURCES = frozenset({
+    "accelerate", "acl", "analytics", "attributes", "cors", "delete", "encryption",
+    "intelligent-tiering", "inventory", "legal-hold", "lifecycle", "logging", "metrics",
+    "notification", "object-lock", "ownershipControls", "partNumber", "policy", "policyStatus",
+    "publicAccessBlock", "replication", "requestPayment", "restore", "retention", "select",
+    "tagging", "torrent", "uploadId", "uploads", "versions", "website",
+})  # fmt: skip
+OVERRIDES = {
+    "response-content-type": "content-type",
+    "response-content-language": "content-language",
+    "response-expires": "expires",
+    "response-cache-control": "cache-control",
+    "response-content-disposition": "content-disposition",
+    "response-content-encoding": "content-encoding",
+}
+
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IP = re.compile(r"\d+\.\d+\.\d+\.\d+")
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def check_bucket_name(name: str) -> None:
+    """S3's rules for general purpose buckets (InvalidBucketName)."""
+    ok = (
+        _BUCKET_NAME.fullmatch(name) is not None
+        and ".." not in name
+        and ".-" not in name
+        and "-." not in name
+        and not _IP.fullmatch(name)
+        and not name.startswith(("xn--", "sthree-", "amzn-s3-demo-"))
+        and not name.endswith(("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"))
+    )
+    if not ok:
+        raise S3Error("InvalidBucketName", BucketName=name)
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(t))
+
+
+def _parse_http_date(text: str) -> float | None:
+    parsed = email.utils.parsedate_tz(text)
+    if parsed is None:
+        return None
+    try:
+        return float(email.utils.mktime_tz(parsed))
+    except (OverflowError, ValueError):
+        return None
+
+
+def _etags(value: str) -> list[str]:
+    return [t.strip().removeprefix("W/").strip('"') for t in value.split(",") if t.strip()]
+
+
+def preconditions(
+    headers: dict[str, str], etag: str | None, mtime: float, *, read: bool
+) -> int | None:
+    """RFC 9110's order of the If-* headers, as S3 keeps it: None to go on, 412 or (for a
+    read) 304. `etag` None: there is no object."""
+    when = calendar.timegm(time.gmtime(int(mtime)))  # (whole seconds, as HTTP dates)
+    if_match = headers.get("if-match")
+    if if_match is not None:
+        tags = _etags(if_match)
+        if etag is None or ("*" not in tags and etag not in tags):
+            return 412
+    elif (since := headers.get("if-unmodified-since")) is not None:
+        t = _parse_http_date(since)
+        if t is not None and etag is not None and when > t:
+            return 412
+    if_none = headers.get("if-none-match")
+    if if_none is not None:
+        tags = _etags(if_none)
+        if etag is not None and ("*" in tags or etag in tags):
+            return 304 if read else 412
+    elif read and (since := headers.get("if-modified-since")) is not None:
+        t = _parse_http_date(since)
+        if t is not None and etag is not None and when <= t and t <= time.time():
+            return 304
+    return None
+
+
+def _condition(headers: dict[str, str]) -> str:
+    """The header a 412 names (S3's Condition field)."""
+    for name in ("if-match", "if-unmodified-since", "if-none-match"):
+        if name in headers:
+            return {"if-match": "If-Match", "if-unmodified-since": "If-Unmodified-Since",
+                    "if-none-match": "If-None-Match"}[name]  # fmt: skip
+    return ""
+
+
+def _parse_location(body: bytes) -> str | None:
+    """CreateBucketConfiguration's LocationConstraint (None: no body, or none given)."""
+    if not body.strip():
+        return None
+    import defusedxml.ElementTree as SafeET
+    from defusedxml import DefusedXmlException
+
+    try:
+        root = SafeET.fromstring(body)
+    except (SafeET.ParseError, DefusedXmlException, ValueError):
+        raise S3Error("MalformedXML") from None
+    if root.tag.rpartition("}")[2] != "CreateBucketConfiguration":
+        raise S3Error("MalformedXML")
+    for child in root:
+        if child.tag.rpartition("}")[2] == "LocationConstraint":
+            return (child.text or "").strip() or None
+    return None
+
+
+@dataclass
+class _Req:
+    """One request, as the routing and the checks need it."""
+
+    method: str
+    raw_path: str  # as sent, percent-encoded
+    query: str
+    headers: list[tuple[str, str]]  # (lowercase name, value)
+    hmap: dict[str, str]  # the same, the last value of each name
+    params: dict[str, str]  # the query, decoded
+    bucket: str
+    key: str
+
+    @property
+    def resource(self) -> str:
+        return "/" + self.bucket + ("/" + self.key if self.key else "")
+
+
+class _Exchange(Exchange):
+    """An S3 reply: x-amz-request-id and x-amz-id-2 on every answer."""
+
+    __slots__ = ("code", "ids")
+
+    def __init__(self, send: Send, ids: list[tuple[bytes, bytes]]) -> None:
+        super().__init__(send)
+        self.ids = ids
+        self.code = ""
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        await super().start(status, [*headers, *self.ids])
+
+
+class _Intake:
+    """A PUT's body on its way in: aws-chunked decoding, when it is that, and every digest
+    the request declares. `take` is run in a worker thread for large runs (one at a time,
+    in order)."""
+
+    def __init__(self, decoder: ChunkedDecoder | None, check: BodyCheck) -> None:
+        self.decoder, self.check = decoder, check
+
+    def take(self, pieces: list[bytes]) -> list[bytes | memoryview]:
+        out: list[bytes | memoryview] = []
+        for data in pieces:
+            parts = self.decoder.feed(data) if self.decoder is not None else [data]
+            for part in parts:
+                self.check.update(part)
+                out.append(part)
+        return out
+
+    def finish(self) -> tuple[Digests, tuple[str, str] | None]:
+        """Everything checked: the digests, and the checksum sent (header or trailer)."""
+        if self.decoder is not None:
+            self.decoder.end()
+        digests = self.check.finish()
+        trailing = self.decoder.checksum if self.decoder is not None else None
+        return digests, digests.checksum or trailing
+
+
+class S3Gateway:
+    """The ASGI application: S3 over `pool`, listed from `index`, keys checked by `keys`."""
+
+    def __init__(
+        self,
+        client: ClusterClient,
+        index: Index,
+        pool: str,
+        keys: S3Keys,
+        *,
+        region: str = "us-east-1",
+        domain: str | None = None,
+        request_log: RequestLog | None = None,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
+        self.client, self.index, self.pool, self.keys = client, index, pool, keys
+        self.region, self.domain = region, (domain or "").lower().strip(".") or None
+        self.log, self.idle = request_log, idle_timeout
+        self._ids = itertools.count(int.from_bytes(os.urandom(5)) << 24)
+        self._host = base64.b64encode(os.urandom(24)).decode()
+
+    # -- the exchange ------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        t0 = time.perf_counter()
+        rid = f"{next(self._ids):016X}"
+        x = _Exchange(send, [(b"x-amz-request-id", rid.encode()),
+                             (b"x-amz-id-2", self._host.encode())])  # fmt: skip
+        method = scope["method"]
+        req: _Req | None = None
+        access = ""
+        try:
+            req = self._request(scope)
+            x.unread = method in ("PUT", "POST")  # (until its body is read)
+            grant, ctx = await self._authenticate(req)
+            access = grant.access_key
+            await self._route(x, receive, req, grant, ctx)
+        except ClientGone:
+            x.status = 499
+        except Exception as exc:
+            error = self._s3_error(exc, method, req)
+            x.code = error.code
+            if x.started:
+                raise  # the reply is under way: the server cuts the connection
+            await self._send_error(x, error, req, rid, method == "HEAD")
+        finally:
+            if self.log is not None:
+                client = scope.get("client")
+                remote = f"{client[0]}:{client[1]}" if client else ""
+                extra: dict[str, Any] = {"request_id": rid}
+                if access:
+                    extra["access_key"] = access
+                if x.code:
+                    extra["error"] = x.code
+                what = req.resource if req is not None else scope.get("path", "")
+                self.log.write(
+                    method, what, x.status, x.nbytes, time.perf_counter() - t0, remote, extra
+                )
+
+    def _s3_error(self, exc: Exception, method: str, req: _Req | None) -> S3Error:
+        if isinstance(exc, S3Error):
+            return exc
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, Forbidden):
+            return S3Error("AccessDenied", text)
+        if isinstance(exc, BodyTimeout):
+            return S3Error("RequestTimeout")
+        if isinstance(exc, NoSpace):
+            return S3Error("InsufficientStorage", text, status=507)
+        if isinstance(
+            exc,
+            Unavailable | NoDaemon | IndexUnavailable | OutcomeUnknown | TimeoutError
+            | ConnectionError,
+        ):  # fmt: skip
+            return S3Error("ServiceUnavailable", text)
+        if isinstance(exc, InvalidArgument):
+            return S3Error("InvalidArgument", text)
+        what = req.resource if req is not None else ""
+        log.error("%s %s", method, what, exc_info=exc)
+        return S3Error("InternalError")
+
+    async def _send_error(
+        self, x: _Exchange, error: S3Error, req: _Req | None, rid: str, head: bool
+    ) -> None:
+        headers = [(b"content-type", b"application/xml")]
+        if error.status == 503:
+            headers.append((b"retry-after", b"1"))
+        if error.code == "InvalidRange" and "ActualObjectSize" in error.fields:
+            headers.append(
+                (b"content-range", f"bytes */{error.fields['ActualObjectSize']}".encode())
+            )
+        resource = req.resource if req is not None else ""
+        body = b"" if head else error.body(resource, rid)
+        await x.whole(error.status, body, headers)
+
+    def _request(self, scope: Scope) -> _Req:
+        raw = scope.get("raw_path") or scope["path"].encode()
+        raw_path = raw.split(b"?", 1)[0].decode("latin-1")
+        query = scope.get("query_string", b"").decode("latin-1")
+        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
+        hmap = dict(headers)
+        try:
+            path = unquote_to_bytes(raw_path).decode()
+            params = dict(sigv4.Request("", "", query).params())
+        except UnicodeDecodeError:
+            raise S3Error("InvalidURI", "Couldn't parse the specified URI.", status=400) from None
+        bucket = ""
+        host = hmap.get("host", "").lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if self.domain and name.endswith("." + self.domain):
+            bucket = name[: -len(self.domain) - 1]
+            key = path[1:]
+        else:
+            bucket, _, key = path[1:].partition("/")
+        if "\x00" in key or "\x00" in bucket:
+            raise S3Error("InvalidURI", "Couldn't parse the specified URI.", status=400)
+        req = _Req(scope["method"], raw_path, query, headers, hmap, params, bucket, key)
+        if len(key.encode()) > MAX_KEY:
+            raise S3Error(
+                "KeyTooLongError", MaxSizeAllowed=str(MAX_KEY), Size=str(len(key.encode()))
+            )
+        return req
+
+    async def _authenticate(self, req: _Req) -> tuple[S3Grant, sigv4.Context]:
+        request = sigv4.Request(req.method, req.raw_path, req.query, req.headers)
+        creds = sigv4.parse(request)
+        if creds is None:
+            auth = req.hmap.get("authorization", "")
+            if auth.startswith("AWS ") or "Signature" in req.params:
+                raise S3Error(
+                    "InvalidRequest",
+                    "The authorization mechanism you have provided is not supported. "
+                    "Please use AWS4-HMAC-SHA256.",
+                )
+            raise S3Error("AccessDenied", "Anonymous access is not allowed (yet): sign requests")
+        grant: S3Grant | None = None
+        refused: str | None = None
+        try:
+            grant = await self.keys.signing_key(creds.access_key, creds.date, creds.region)
+        except UnknownAccessKey:
+            grant = None
+        except InvalidArgument as exc:
+            refused = str(exc)
+        except Forbidden as exc:
+            log.error("this gateway's key may not check S3 signatures: %s", exc)
+            raise S3Error("InternalError", "The gateway may not check signatures.") from None
+
+        def signing_key(access: str, date: str, region: str, service: str) -> bytes | None:
+            if refused is not None:
+                raise S3Error("AccessDenied", refused)
+            return grant.value if grant is not None else None
+
+        ctx = sigv4.verify(request, signing_key, now=time.time(), region=self.region)
+        assert ctx is not None and grant is not None
+        return grant, ctx
+
+    # -- routing -----------------------------------------------------------------------------
+
+    async def _route(
+        self, x: _Exchange, receive: Receive, req: _Req, grant: S3Grant, ctx: sigv4.Context
+    ) -> None:
+        method, bucket, key = req.method, req.bucket, req.key
+        asked = SUBRESOURCES.intersection(req.params)
+        if not bucket:
+            if method != "GET":
+                raise S3Error("MethodNotAllowed", Method=method, ResourceType="SERVICE")
+            grant.require(self.pool, "r")
+            return await self._list_buckets(x, grant)
+        if not key:
+            if method == "GET" and "location" in req.params:
+                grant.require(self.pool, "r")
+                return await self._location(x, bucket)
+            if method == "GET" and "versioning" in req.params:
+                grant.require(self.pool, "r")
+                await self._bucket(bucket)
+                return await self._xml(x, f'<VersioningConfiguration xmlns="{NS}"/>')
+            if asked or "versioning" in req.params:
+                raise S3Error(
+                    "NotImplemented", f"{', '.join(sorted(asked))} is not implemented yet"
+                )
+            if method == "PUT":
+                grant.require(self.pool, "w")
+                return await self._create_bucket(x, receive, req, ctx, grant)
+            if method == "HEAD":
+                grant.require(self.pool, "r")
+                record = await self._bucket(bucket)
+                region = record.meta.get("region", self.region)
+                return await x.whole(200, b"", [(b"x-amz-bucket-region", region.encode())])
+            if method == "GET":
+                grant.require(self.pool, "r")
+                return await self._list_objects(x, req)
+            if method == "DELETE":
+                grant.require(self.pool, "d")
+                return await self._delete_bucket(x, bucket)
+            raise S3Error("MethodNotAllowed", Method=method, ResourceType="BUCKET")
+        if asked:
+            raise S3Error("NotImplemented", f"{', '.join(sorted(asked))} is not implemented yet")
+        version = req.params.get("versionId")
+        if version is not None and version != "null":
+            raise S3Error("NoSuchVersion", Key=key, VersionId=version)
+        if method == "PUT":
+            if "x-amz-copy-source" in req.hmap:
+                raise S3Error("NotImplemented", "CopyObject is not implemented yet")
+            grant.require(self.pool, "w")
+            return await self._put_object(x, receive, req, ctx, grant)
+        if method in ("GET", "HEAD"):
+            grant.require(self.pool, "r")
+            return await self._get_object(x, receive, req, method == "HEAD")
+        if method == "DELETE":
+            grant.require(self.pool, "d")
+            return await self._delete_object(x, req)
+        raise S3Error("MethodNotAllowed", Method=method, ResourceType="OBJECT")
+
+    async def _xml(self, x: _Exchange, body: str, status: int = 200) -> None:
+        data = ('<?xml version="1.0" encoding="UTF-8"?>\n' + body).encode()
+        await x.whole(status, data, [(b"content-type", b"application/xml")])
+
+    # -- buckets -----------------------------------------------------------------------------
+
+    async def _bucket_entry(self, bucket: str) -> Entry | None:
+        """A bucket's record: from the index, or from the object itself when the index
+        cannot be reached."""
+        name = BUCKETS + bucket
+        try:
+            return await self.index.get(self.pool, name)
+        except IndexUnavailable as exc:
+            log.warning("bucket %s looked up without the index: %s", bucket, exc)
+        try:
+            info = await self.client.stat(self.pool, name)
+        except NotFound:
+            return None
+        return Entry(info.size, info.hash, info.version, info.mtime, dict(info.meta))
+
+    async def _bucket(self, bucket: str) -> Entry:
+        if not bucket or "/" in bucket:
+            raise S3Error("NoSuchBucket", BucketName=bucket)
+        record = await self._bucket_entry(bucket)
+        if record is None:
+            raise S3Error("NoSuchBucket", BucketName=bucket)
+        return record
+
+    async def _small_body(
+        self, x: _Exchange, receive: Receive, req: _Req, ctx: sigv4.Context
+    ) -> bytes:
+        """A request body that is not an object (at most MAX_SMALL_BODY), checked against
+        what the request says of it."""
+        if ctx.payload.streaming:
+            raise S3Error("NotImplemented", "aws-chunked bodies are for objects")
+        check = BodyCheck(req.headers, content_sha256=ctx.content_sha256)
+        data = bytearray()
+        async for piece in receive_body(x, receive, None, self.idle):
+            data += piece
+            if len(data) > MAX_SMALL_BODY:
+                raise S3Error("MaxMessageLengthExceeded")
+        check.update(bytes(data))
+        check.finish()
+        return bytes(data)
+
+    async def _create_bucket(
+        self, x: _Exchange, receive: Receive, req: _Req, ctx: sigv4.Context, grant: S3Grant
+    ) -> None:
+        bucket = req.bucket
+        check_bucket_name(bucket)
+        acl = req.hmap.get("x-amz-acl")
+        if acl not in (None, "private"):
+            raise S3Error(
+                "NotImplemented", "canned ACLs other than private are not implemented yet"
+            )
+        body = await self._small_body(x, receive, req, ctx)
+        location = _parse_location(body)
+        if location is not None and location != self.region:
+            raise S3Error(
+                "IllegalLocationConstraintException",
+                f"The {location} location constraint is incompatible for the region specific "
+                f"endpoint this request was sent to ({self.region}).",
+            )
+        existing = await self._bucket_entry(bucket)
+        if existing is not None:
+            if existing.meta.get(OWNER_META) == grant.access_key:
+                raise S3Error("BucketAlreadyOwnedByYou", BucketName=bucket)
+            raise S3Error("BucketAlreadyExists", BucketName=bucket)
+        now = time.time()
+        meta = {OWNER_META: grant.access_key, "region": self.region, "created": f"{now:.3f}"}
+        name = BUCKETS + bucket
+        stored = await self.client.put(self.pool, name, b"", meta=meta)
+        entry = Entry(0, stored.hash, stored.version or 0, now, meta)
+        try:
+            await self.index.put(self.pool, name, entry)
+        except IndexUnavailable as exc:
+            raise IndexUnavailable(
+                f"bucket {bucket} is stored, but not listed: {exc} (`shoal index rebuild` lists it)"
+            ) from None
+        await x.whole(200, b"", [(b"location", f"/{bucket}".encode())])
+
+    async def _location(self, x: _Exchange, bucket: str) -> None:
+        record = await self._bucket(bucket)
+        region = record.meta.get("region", self.region)
+        text = "" if region == "us-east-1" else escape(region)
+        await self._xml(x, f'<LocationConstraint xmlns="{NS}">{text}</LocationConstraint>')
+
+    async def _list_buckets(self, x: _Exchange, grant: S3Grant) -> None:
+        mine: list[tuple[str, Entry]] = []
+        after = ""
+        while True:
+            page = await self.index.list(self.pool, BUCKETS, after, LIST_MAX)
+            mine += [(k[len(BUCKETS) :], e) for k, e in page
+                     if e.meta.get(OWNER_META) == grant.access_key]  # fmt: skip
+            if len(page) < LIST_MAX:
+                break
+            after = page[-1][0] + "\x00"
+        owner = escape(grant.access_key)
+        buckets = "".join(
+            f"<Bucket><Name>{escape(name)}</Name><CreationDate>"
+            f"{_iso(float(e.meta.get('created') or e.mtime))}</CreationDate></Bucket>"
+            for name, e in mine
+        )
+        await self._xml(
+            x,
+            f'<ListAllMyBucketsResult xmlns="{NS}"><Owner><ID>{owner}</ID>'
+            f"<DisplayName>{owner}</DisplayName></Owner><Buckets>{buckets}</Buckets>"
+            "</ListAllMyBucketsResult>",
+        )
+
+    async def _delete_bucket(self, x: _Exchange, bucket: str) -> None:
+        await self._bucket(bucket)
+        if await self.index.list(self.pool, bucket + "/", "", 1):
+            raise S3Error("BucketNotEmpty", BucketName=bucket)
+        await self._delete(BUCKETS + bucket)
+        await x.whole(204)
+
+    async def _delete(self, name: str) -> None:
+        """Delete an object, as the HTTP gateway does: hidden in the index first, deleted,
+        then the deletion recorded at its version (a slower PUT cannot bring it back)."""
+        hidden = await self.index.hide(self.pool, name)
+        try:
+            version = await self.client.delete(self.pool, name)
+        except NotFound:
+            version = hidden.version if hidden is not None else None
+        except BaseException:
+            if hidden is not None:
+                with contextlib.suppress(IndexUnavailable):
+                    await self.index.restore(self.pool, name, hidden)
+            raise
+        if version is not None:
+            try:
+                await self.index.delete(self.pool, name, version)
+            except IndexUnavailable as exc:  # (hidden already: not listed)
+                log.warning("DELETE %s: %s", name, exc)
+
+    # -- objects -----------------------------------------------------------------------------
+
+    def _object_meta(self, req: _Req) -> dict[str, str]:
+        """What a PUT keeps of its headers: the standard ones and x-amz-meta-*."""
+        meta: dict[str, str] = {}
+        user = 0
+        for name, value in req.headers:
+            if name.startswith("x-amz-meta-"):
+                user += len(name) - len("x-amz-meta-") + len(value)
+                meta[name] = value.strip() if name not in meta else f"{meta[name]},{value.strip()}"
+            elif name in STORED_HEADERS:
+                meta[name] = value.strip()
+        if user > MAX_USER_META:
+            raise S3Error("MetadataTooLarge", Size=str(user), MaxSizeAllowed=str(MAX_USER_META))
+        encoding = meta.get("content-encoding")
+        if encoding is not None:  # (aws-chunked is the transfer's, not the object's)
+            rest = [e.strip() for e in encoding.split(",") if e.strip().lower() != "aws-chunked"]
+            if rest:
+                meta["content-encoding"] = ",".join(rest)
+            else:
+                del meta["content-encoding"]
+        return meta
+
+    async def _current(self, name: str) -> ObjectInfo | None:
+        try:
+            return await self.client.stat(self.pool, name)
+        except NotFound:
+            return None
+
+    async def _check_write_conditions(self, req: _Req, name: str) -> None:
+        if "if-match" not in req.hmap and "if-none-match" not in req.hmap:
+            return
+        info = await self._current(name)
+        if info is None and "if-match" in req.hmap:
+            raise S3Error("NoSuchKey", Key=req.key)
+        etag = None if info is None else await self._etag(name, info)
+        if preconditions(req.hmap, etag, info.mtime if info else 0.0, read=False) is not None:
+            raise S3Error("PreconditionFailed", Condition=_condition(req.hmap))
+
+    async def _put_object(
+        self, x: _Exchange, receive: Receive, req: _Req, ctx: sigv4.Context, grant: S3Grant
+    ) -> None:
+        await self._bucket(req.bucket)
+        name = f"{req.bucket}/{req.key}"
+        decoder = ChunkedDecoder.for_context(ctx) if ctx.payload.streaming else None
+        length = req.hmap.get("content-length")
+        if decoder is not None:
+            size = ctx.decoded_length
+            if size is None:
+                raise S3Error("MissingContentLength", "x-amz-decoded-content-length is missing")
+        elif length is not None and length.isdigit():
+            size = int(length)
+        else:
+            raise S3Error("MissingContentLength")
+        check = BodyCheck(req.headers, content_sha256=ctx.content_sha256)
+        meta = self._object_meta(req)
+        meta[OWNER_META] = grant.access_key
+        await self._check_write_conditions(req, name)
+        intake = _Intake(decoder, check)
+        done: list[tuple[Digests, tuple[str, str] | None]] = []
+
+        async def body() -> AsyncIterator[bytes | memoryview]:
+            batch: list[bytes] = []
+            held = 0
+            async for piece in receive_body(x, receive, size, self.idle):
+                batch.append(piece)
+                held += len(piece)
+                if held >= OFF_LOOP:
+                    for part in await asyncio.to_thread(intake.take, batch):
+                        yield part
+                    batch, held = [], 0
+            for part in intake.take(batch):
+                yield part
+            done.append(intake.finish())  # (raises: put_stream stores nothing)
+            await self._check_write_conditions(req, name)
+
+        def final_meta() -> dict[str, str]:
+            digests, checksum = done[0]
+            out = {**meta, MD5_META: digests.md5.hex()}
+            if checksum is not None:
+                out[CHECKSUM_META + checksum[0]] = checksum[1]
+            return out
+
+        try:
+            stored = await self.client.put_stream(self.pool, name, size, body(), meta=final_meta)
+        except ValueError as exc:  # (a body of another length than announced)
+            raise S3Error("IncompleteBody", str(exc)) from None
+        digests, checksum = done[0]
+        kept = {k: v for k, v in final_meta().items() if k != MD5_META}
+        entry = Entry(stored.size, stored.hash, stored.version or 0, time.time(), kept,
+                      md5=digests.md5)  # fmt: skip
+        try:
+            await self.index.put(self.pool, name, entry)
+        except IndexUnavailable as exc:
+            raise IndexUnavailable(
+                f"{req.resource} is stored, but not listed: {exc} (a retry of the PUT, or "
+                "`shoal index rebuild`, lists it)"
+            ) from None
+        x.nbytes = stored.size
+        headers = [(b"etag", f'"{digests.md5.hex()}"'.encode())]
+        if checksum is not None:
+            headers.append((f"x-amz-checksum-{checksum[0]}".encode(), checksum[1].encode()))
+        await x.whole(200, b"", headers)
+
+    async def _etag(self, name: str, info: ObjectInfo) -> str:
+        """An object's ETag (without quotes): its MD5, from its metadata, else the index's
+        (objects written before MD5s were kept with them), else its BLAKE3's first half."""
+        md5 = md5_of(info.meta)
+        if md5 is None:
+            try:
+                entry = await self.index.get(self.pool, name)
+            except IndexUnavailable:
+                entry = None
+            if entry is not None and entry.version == info.version:
+                md5 = entry.md5
+        if md5 is not None:
+            return md5.hex()
+        return info.hash[:16].hex() if info.hash else "0" * 32
+
+    async def _get_object(self, x: _Exchange, receive: Receive, req: _Req, head: bool) -> None:
+        name = f"{req.bucket}/{req.key}"
+        looked = asyncio.ensure_future(self._bucket_entry(req.bucket))
+        reader = None
+        try:
+            if head:
+                info = await self.client.stat(self.pool, name)
+            else:
+                reader = await self.client.open(self.pool, name)
+                info = reader.info
+        except NotFound:
+            if await looked is None:
+                raise S3Error("NoSuchBucket", BucketName=req.bucket) from None
+            raise S3Error("NoSuchKey", Key=req.key) from None
+        except BaseException:
+            looked.cancel()
+            raise
+        if await looked is None:
+            raise S3Error("NoSuchBucket", BucketName=req.bucket)
+        etag = await self._etag(name, info)
+        meta = info.meta
+        common = [
+            (b"etag", f'"{etag}"'.encode()),
+            (b"last-modified", http_date(info.mtime)),
+        ]
+        status = preconditions(req.hmap, etag, info.mtime, read=True)
+        if status == 304:
+            await x.whole(304, b"", common)
+            return
+        if status == 412:
+            raise S3Error("PreconditionFailed", Condition=_condition(req.hmap))
+        headers = [*common, (b"accept-ranges", b"bytes")]
+        stored = {k: v for k, v in meta.items() if k in STORED_HEADERS}
+        stored.setdefault("content-type", DEFAULT_TYPE)
+        for param, name_ in OVERRIDES.items():
+            if param in req.params:
+                stored[name_] = req.params[param]
+        headers += [(k.encode(), v.encode("latin-1", "replace")) for k, v in stored.items()]
+        headers += [(k.encode(), v.encode("latin-1", "replace"))
+                    for k, v in meta.items() if k.startswith("x-amz-meta-")]  # fmt: skip
+        first, length, code = 0, info.size, 200
+        want = req.hmap.get("range")
+        rng = _range(want, info.size) if want is not None else None
+        if rng is not None:
+            first, length, code = rng[0], rng[1] - rng[0] + 1, 206
+            headers.append((b"content-range", f"bytes {rng[0]}-{rng[1]}/{info.size}".encode()))
+        elif req.hmap.get("x-amz-checksum-mode", "").upper() == "ENABLED":
+            headers += [(k.encode(), v.encode()) for k, v in meta.items()
+                        if k.startswith(CHECKSUM_META)]  # fmt: skip
+        headers.append((b"content-length", str(length).encode()))
+        if reader is None or length == 0:
+            await x.start(code, headers)
+            await x.body(b"")
+            return
+        pieces: AsyncGenerator[memoryview, None] = reader.pieces(first, length, ahead=READ_AHEAD)
+        await stream_reply(x, receive, pieces, code, headers, self.idle)
+
+    async def _delete_object(self, x: _Exchange, req: _Req) -> None:
+        await self._bucket(req.bucket)
+        await self._delete(f"{req.bucket}/{req.key}")
+        await x.whole(204)
+
+    # -- listing -----------------------------------------------------------------------------
+
+    async def _list_objects(self, x: _Exchange, req: _Req) -> None:
+        record = await self._bucket(req.bucket)
+        p = req.params
+        v2 = p.get("list-type") == "2"
+        prefix, delimiter = p.get("prefix", ""), p.get("delimiter", "")
+        url = p.get("encoding-type")
+        if url not in (None, "url"):
+            raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request",
+                          ArgumentName="encoding-type", ArgumentValue=url)  # fmt: skip
+        try:
+            max_keys = int(p.get("max-keys", LIST_MAX))
+        except ValueError:
+            max_keys = -1
+        if max_keys < 0:
+            raise S3Error("InvalidArgument", "Provided max-keys not an integer or within "
+                          "integer range", ArgumentName="max-keys",
+                          ArgumentValue=p.get("max-keys", ""))  # fmt: skip
+        max_keys = min(max_keys, LIST_MAX)
+        token = p.get("continuation-token")
+        if v2 and token is not None:
+            try:
+                after = base64.urlsafe_b64decode(token.encode()).decode()
+            except (binascii.Error, ValueError):
+                raise S3Error("InvalidArgument", "The continuation token provided is incorrect",
+                              ArgumentName="continuation-token") from None  # fmt: skip
+        else:
+            after = p.get("start-after" if v2 else "marker", "")
+        keys, prefixes, truncated, last = await self._walk(
+            req.bucket, prefix, delimiter, after, max_keys
+        )
+
+        def enc(text: str) -> str:
+            return escape(quote(text, safe="/") if url else text)
+
+        owner = record.meta.get(OWNER_META, "")
+        fetch_owner = not v2 or p.get("fetch-owner") == "true"
+        parts = [f"<Name>{escape(req.bucket)}</Name><Prefix>{enc(prefix)}</Prefix>"]
+        if v2:
+            parts.append(f"<KeyCount>{len(keys) + len(prefixes)}</KeyCount>")
+            if token is not None:
+                parts.append(f"<ContinuationToken>{escape(token)}</ContinuationToken>")
+            if truncated:
+                nxt = base64.urlsafe_b64encode(last.encode()).decode()
+                parts.append(f"<NextContinuationToken>{nxt}</NextContinuationToken>")
+            if "start-after" in p:
+                parts.append(f"<StartAfter>{enc(p['start-after'])}</StartAfter>")
+        else:
+            parts.append(f"<Marker>{enc(p.get('marker', ''))}</Marker>")
+            if truncated and delimiter:
+                parts.append(f"<NextMarker>{enc(last)}</NextMarker>")
+        parts.append(f"<MaxKeys>{max_keys}</MaxKeys>")
+        if delimiter:
+            parts.append(f"<Delimiter>{enc(delimiter)}</Delimiter>")
+        if url:
+            parts.append("<EncodingType>url</EncodingType>")
+        parts.append(f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>")
+        for key, e in keys:
+            etag = e.md5.hex() if e.md5 is not None else (e.hash[:16].hex() if e.hash else "")
+            item = (
+                f"<Contents><Key>{enc(key)}</Key><LastModified>{_iso(e.mtime)}</LastModified>"
+                f"<ETag>&quot;{etag}&quot;</ETag><Size>{e.size}</Size>"
+            )
+            if fetch_owner:
+                who = escape(e.meta.get(OWNER_META, owner))
+                item += f"<Owner><ID>{who}</ID><DisplayName>{who}</DisplayName></Owner>"
+            parts.append(item + "<StorageClass>STANDARD</StorageClass></Contents>")
+        parts += [f"<CommonPrefixes><Prefix>{enc(cp)}</Prefix></CommonPrefixes>"
+                  for cp in prefixes]  # fmt: skip
+        root = "ListBucketResult"
+        await self._xml(x, f'<{root} xmlns="{NS}">{"".join(parts)}</{root}>')
+
+    async def _walk(
+        self, bucket: str, prefix: str, delimiter: str, after: str, max_keys: int
+    ) -> tuple[list[tuple[str, Entry]], list[str], bool, str]:
+        """Keys and common prefixes after `after`, in bytewise order, at most `max_keys` of
+        them together; whether there are more, and the last one given (where the next page
+        starts)."""
+        base = bucket + "/"
+        keys: list[tuple[str, Entry]] = []
+        prefixes: list[str] = []
+        start = _after(base, after, prefix, delimiter)
+        last = ""
+        if max_keys == 0:
+            return keys, prefixes, False, last
+        while True:
+            page = await self.index.list(self.pool, base + prefix, start, LIST_MAX)
+            for full, entry in page:
+                key = full[len(base) :]
+                cp = _common_prefix(key, prefix, delimiter)
+                if cp is not None and prefixes and prefixes[-1] == cp:
+                    continue
+                if len(keys) + len(prefixes) == max_keys:
+                    return keys, prefixes, True, last
+                if cp is not None:
+                    prefixes.append(cp)
+                    last = cp
+                    nxt = _skip(base + cp)
+                    if nxt > full:
+                        start = nxt
+                        break
+                else:
+                    keys.append((key, entry))
+                    last = key
+            else:
+                if len(page) < LIST_MAX:
+                    return keys, prefixes, False, last
+                start = page[-1][0] + "\x00"
+
+
+def _common_prefix(key: str, prefix: str, delimiter: str) -> str | None:
+    if not delimiter:
+        return None
+    at = key.find(delimiter, len(prefix))
+    return None if at < 0 else key[: at + len(delimiter)]
+
+
+def _skip(cp: str) -> str:
+    """A start past every key that begins with `cp` (U+10FFFF is the last character)."""
+    return cp + "\U0010ffff"
+
+
+def _after(base: str, after: str, prefix: str, delimiter: str) -> str:
+    """The index start (inclusive) of a listing that goes on after `after` (a key, or a
+    common prefix given back as the last of a page)."""
+    if not after:
+        return base
+    cp = _common_prefix(after, prefix, delimiter) if after.startswith(prefix) else None
+    if cp is not None and cp == after:
+        return _skip(base + after)
+    return base + after + "\x00"
+
+
+def _range(value: str, size: int) -> tuple[int, int] | None:
+    """(first, last) of a single `bytes=` range; None to send it all (another unit, several
+    ranges, or a range that is not one: RFC 9110 ignores it); InvalidRange if it cannot be
+    satisfied."""
+    m = _RANGE.fullmatch(value.strip())
+    if not m:
+        return None
+    a, b = m.groups()
+    if not a and not b:
+        return None
+    if a and b and int(b) < int(a):
+        return None
+    if not a:
+        n = int(b)
+        if n == 0 or size == 0:
+            raise _unsatisfiable(value, size)
+        return max(0, size - n), size - 1
+    first = int(a)
+    if first >= size:
+        raise _unsatisfiable(value, size)
+    return first, min(int(b), size - 1) if b else size - 1
+
+
+def _unsatisfiable(value: str, size: int) -> S3Error:
+    return S3Error("InvalidRange", RangeRequested=value, ActualObjectSize=str(size))
