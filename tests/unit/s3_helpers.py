@@ -9,6 +9,7 @@ import hashlib
 from typing import Any
 from urllib.parse import urlsplit
 
+from shoal.proto.s3.sigv2 import signer
 from shoal.proto.s3.sigv4 import Request, derive_signing_key
 
 ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
@@ -24,6 +25,9 @@ def keys(access_key: str, date: str, region: str, service: str) -> bytes | None:
 
 def secrets(access_key: str) -> str | None:
     return SECRET if access_key == ACCESS_KEY else None
+
+
+sign_v2 = signer(secrets)  # what the master's s3_sign_v2 does for a gateway
 
 
 def to_request(method: str, url: str, headers: Any) -> Request:

@@ -13,7 +13,7 @@ import pytest
 from shoal.proto.s3 import postpolicy
 from shoal.proto.s3.errors import S3Error
 
-from .s3_helpers import ACCESS_KEY, SECRET, keys, secrets
+from .s3_helpers import ACCESS_KEY, SECRET, keys, sign_v2
 
 
 def _presigned_post(signature_version: str, **kw: Any) -> dict[str, str]:
@@ -38,7 +38,7 @@ def _verify(fields: dict[str, str], now: float | None = None, **kw: Any) -> post
         fields,
         "photos",
         signing_key=keys,
-        secret=secrets,
+        sign=sign_v2,
         now=time.time() if now is None else now,
         **kw,
     )
@@ -93,7 +93,10 @@ def test_refusals() -> None:
     assert _verify({**fields, "x-ignore-me": "1"}).key == "k"
     assert _code({**fields, "x-amz-signature": "0" * 64}) == "SignatureDoesNotMatch"
     other = fields["x-amz-credential"].replace(ACCESS_KEY, "AKIDUNKNOWN")
-    assert _code({**fields, "x-amz-credential": other}) == "InvalidAccessKeyId"
+    assert _code({**fields, "x-amz-credential": other}) == "AccessDenied"  # the policy names it
+    with pytest.raises(S3Error) as e:
+        postpolicy.verify(fields, "photos", signing_key=lambda *_: None, now=time.time())
+    assert e.value.code == "InvalidAccessKeyId"
     assert _code({k: v for k, v in fields.items() if k != "key"}) == "InvalidArgument"
     assert _code_bucket(fields) == "AccessDenied"  # the policy names the bucket
 
@@ -127,3 +130,16 @@ def test_bad_policy_documents() -> None:
 def test_anonymous_post() -> None:
     upload = postpolicy.verify({"key": "a/${filename}"}, "photos", now=0, filename="x.txt")
     assert upload.access_key is None and upload.key == "a/x.txt"
+
+
+def test_two_steps_as_a_gateway_asking_the_master() -> None:
+    from shoal.cluster.auth import s3_sign_v2, s3_signing_key
+
+    v4 = postpolicy.prepare(_presigned_post("s3v4", Key="k"), "photos", now=time.time())
+    assert v4.signed and v4.scope is not None and v4.scope[0] == ACCESS_KEY
+    assert v4.verify_v4(s3_signing_key(SECRET, v4.scope[1], v4.scope[2])).key == "k"
+    v2 = postpolicy.prepare(_presigned_post("s3", Key="k"), "photos", now=time.time())
+    assert v2.signed and v2.scope is None
+    assert v2.verify_v2(s3_sign_v2(SECRET, v2.policy)).access_key == ACCESS_KEY
+    with pytest.raises(S3Error):
+        v2.verify_v2(s3_sign_v2("another secret", v2.policy))

@@ -12,7 +12,7 @@ from shoal.proto.s3 import sigv2
 from shoal.proto.s3.errors import S3Error
 from shoal.proto.s3.sigv4 import Request
 
-from .s3_helpers import ACCESS_KEY, SECRET, secrets, to_request
+from .s3_helpers import ACCESS_KEY, SECRET, sign_v2, to_request
 
 
 def _when(date: str) -> float:
@@ -27,7 +27,7 @@ def _example(method: str, path: str, query: str, signature: str, *headers: tuple
     )
     stamp = dict(headers).get("x-amz-date") or dict(headers)["date"]
     resource = path if path.startswith("/awsexamplebucket1") else "/awsexamplebucket1" + path
-    access_key = sigv2.verify(request, secrets, now=_when(stamp), resource=resource)
+    access_key = sigv2.verify(request, sign_v2, now=_when(stamp), resource=resource)
     assert access_key == ACCESS_KEY
     return sigv2.string_to_sign(request, dict(headers).get("date", ""), resource)
 
@@ -114,28 +114,28 @@ def test_botocore_hmacv1_round_trip() -> None:
             "X-Amz-Meta-A": "1",
         },
     )
-    assert sigv2.verify(request, secrets, now=time.time()) == ACCESS_KEY
+    assert sigv2.verify(request, sign_v2, now=time.time()) == ACCESS_KEY
     tampered = Request("PUT", request.path, request.query.replace("2", "3"), request.headers)
     with pytest.raises(S3Error) as e:
-        sigv2.verify(tampered, secrets, now=time.time())
+        sigv2.verify(tampered, sign_v2, now=time.time())
     assert e.value.code == "SignatureDoesNotMatch" and "StringToSign" in e.value.fields
     with pytest.raises(S3Error) as e:
-        sigv2.verify(request, secrets, now=time.time() + 901)
+        sigv2.verify(request, sign_v2, now=time.time() + 901)
     assert e.value.code == "RequestTimeTooSkewed"
 
 
 def test_botocore_hmacv1_query_round_trip() -> None:
     request = _botocore("GET", "https://s3.example.com/bucket/key?versionId=3", {}, True)
-    assert sigv2.verify(request, secrets, now=time.time()) == ACCESS_KEY
+    assert sigv2.verify(request, sign_v2, now=time.time()) == ACCESS_KEY
     with pytest.raises(S3Error) as e:
-        sigv2.verify(request, secrets, now=time.time() + 120)
+        sigv2.verify(request, sign_v2, now=time.time() + 120)
     assert (e.value.code, e.value.message) == ("AccessDenied", "Request has expired")
 
 
 def test_refusals() -> None:
     def code(*headers: tuple[str, str], query: str = "") -> str:
         with pytest.raises(S3Error) as e:
-            sigv2.verify(Request("GET", "/b/k", query, headers), secrets, now=time.time())
+            sigv2.verify(Request("GET", "/b/k", query, headers), sign_v2, now=time.time())
         return e.value.code
 
     now = email.utils.formatdate(usegmt=True)
@@ -143,4 +143,16 @@ def test_refusals() -> None:
     assert code(("authorization", "AWS AKIDUNKNOWN:abc="), ("date", now)) == "InvalidAccessKeyId"
     assert code(("authorization", f"AWS {ACCESS_KEY}:abc=")) == "AccessDenied"  # no date
     assert code(query=f"AWSAccessKeyId={ACCESS_KEY}&Expires=9999999999") == "AccessDenied"
-    assert sigv2.verify(Request("GET", "/b/k"), secrets, now=0) is None
+    assert sigv2.verify(Request("GET", "/b/k"), sign_v2, now=0) is None
+
+
+def test_two_steps_as_a_gateway_asking_the_master() -> None:
+    from shoal.cluster.auth import s3_sign_v2
+
+    request = _botocore("GET", "https://s3.example.com/bucket/key?acl", {})
+    claim = sigv2.prepare(request, now=time.time())
+    assert claim is not None and claim.access_key == ACCESS_KEY
+    assert claim.strings_to_sign[0].endswith(b"\n/bucket/key?acl")
+    assert claim.matches(s3_sign_v2(SECRET, claim.strings_to_sign[0]))
+    assert not claim.matches(s3_sign_v2("another secret", claim.strings_to_sign[0]))
+    assert claim.mismatch().code == "SignatureDoesNotMatch"

@@ -362,3 +362,17 @@ def test_any_key_and_query_botocore_signs_verifies(
     headers = {**dict(prepared.headers), "host": "s3.example.com"}
     ctx = verify(to_request("GET", prepared.url, headers), keys, now=time.time())
     assert ctx is not None and ctx.presigned == presigned
+
+
+def test_two_steps_as_a_gateway_asking_the_master() -> None:
+    claim = sigv4.prepare(_lifecycle(), now=EXAMPLE_NOW, region="us-east-1")
+    assert claim is not None
+    assert claim.scope == (ACCESS_KEY, "20130524", "us-east-1", "s3")
+    key = s3_signing_key(SECRET, "20130524", "us-east-1")  # what the master answers
+    assert claim.verify(key).access_key == ACCESS_KEY
+    with pytest.raises(S3Error) as e:
+        claim.verify(s3_signing_key("another secret", "20130524", "us-east-1"))
+    assert e.value.code == "SignatureDoesNotMatch"
+    # every check but the signature happens before any key is asked for
+    with pytest.raises(S3Error):
+        sigv4.prepare(_lifecycle(), now=EXAMPLE_NOW + 3600)

@@ -1,9 +1,13 @@
 """Browser-based uploads (POST with a signed policy), as "Browser-Based Uploads Using POST"
 describes them.
 
-    upload = verify(fields, bucket, signing_key=..., secret=..., now=time.time(), filename=f)
+    upload = verify(fields, bucket, signing_key=..., sign=..., now=time.time(), filename=f)
         fields: the form's fields but the file, {name: value} (names as sent)
+        signing_key as sigv4's (SigV4 forms), sign as sigv2's (SigV2 forms)
         -> PostUpload; raises S3Error
+    or in two steps: claim = prepare(fields, bucket, now=..., filename=f) -> PostClaim (every
+        check but the signature), then claim.upload (anonymous), claim.verify_v4(signing key
+        of claim.scope) or claim.verify_v2(HMAC-SHA1 of claim.policy)
     upload.check_size(n)     the file's size against content-length-range (before or after)
 
 PostUpload holds the access key (None for an anonymous POST: no policy, allowed only where
@@ -45,10 +49,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shoal.proto.s3.errors import S3Error
-from shoal.proto.s3.sigv2 import Secret
+from shoal.proto.s3.sigv2 import Sign
 from shoal.proto.s3.sigv4 import ALGORITHM, SigningKey
 
-__all__ = ["PostUpload", "verify"]
+__all__ = ["PostClaim", "PostUpload", "prepare", "verify"]
 
 _UNCOVERED = frozenset({"file", "policy", "x-amz-signature", "signature", "awsaccesskeyid"})
 _AUTH = _UNCOVERED | {"x-amz-algorithm", "x-amz-credential", "x-amz-date"}
@@ -102,12 +106,8 @@ def _expiration(text: object) -> float:
     return float(calendar.timegm((*(int(g) for g in m.groups()), 0, 0, 0)))
 
 
-def _authenticate(
-    fields: Mapping[str, str],
-    policy: str,
-    signing_key: SigningKey | None,
-    secret: Secret | None,
-) -> str:
+def _credential(fields: Mapping[str, str]) -> tuple[str, tuple[str, str, str, str] | None]:
+    """The access key of a signed form, and for SigV4 the scope its signing key is for."""
     if "x-amz-signature" in fields:
         if fields.get("x-amz-algorithm") != ALGORITHM:
             raise S3Error(
@@ -127,31 +127,42 @@ def _authenticate(
         access_key, date, region, service, _ = parts
         if not fields.get("x-amz-date", "").startswith(date):
             raise S3Error("InvalidArgument", "x-amz-date is not the credential's date")
-        key = signing_key(access_key, date, region, service) if signing_key else None
-        if key is None:
-            raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=access_key)
-        expected = hmac.new(key, policy.encode(), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, fields["x-amz-signature"]):
-            raise S3Error("SignatureDoesNotMatch", AWSAccessKeyId=access_key)
-        return access_key
+        return access_key, (access_key, date, region, service)
     if "signature" in fields and "awsaccesskeyid" in fields:
-        access_key = fields["awsaccesskeyid"]
-        raw = secret(access_key) if secret else None
-        if raw is None:
-            raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=access_key)
-        mac = hmac.new(raw.encode(), policy.encode(), hashlib.sha1).digest()
-        try:
-            provided = base64.b64decode(fields["signature"], validate=True)
-        except (binascii.Error, ValueError):
-            provided = b""
-        if not hmac.compare_digest(mac, provided):
-            raise S3Error("SignatureDoesNotMatch", AWSAccessKeyId=access_key)
-        return access_key
+        return fields["awsaccesskeyid"], None
     raise S3Error(
         "InvalidArgument",
         "Bucket POST must contain x-amz-signature (or AWSAccessKeyId and signature) "
         "with its policy",
     )
+
+
+@dataclass(frozen=True, slots=True)
+class PostClaim:
+    """A POST form that passed every check but its signature. Anonymous (`signed` false):
+    take `upload`. SigV4 (`scope` set): verify_v4(the signing key of scope). SigV2:
+    verify_v2(HMAC-SHA1 of `policy` with the key's secret)."""
+
+    upload: PostUpload
+    signed: bool = False
+    scope: tuple[str, str, str, str] | None = None  # (access key, date, region, service)
+    policy: bytes = b""  # what is signed: the policy field as sent
+    provided: str = ""  # the signature as sent
+
+    def verify_v4(self, key: bytes) -> PostUpload:
+        expected = hmac.new(key, self.policy, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, self.provided):
+            raise S3Error("SignatureDoesNotMatch", AWSAccessKeyId=self.upload.access_key or "")
+        return self.upload
+
+    def verify_v2(self, signature: bytes) -> PostUpload:
+        try:
+            provided = base64.b64decode(self.provided, validate=True)
+        except (binascii.Error, ValueError):
+            provided = b""
+        if not hmac.compare_digest(signature, provided):
+            raise S3Error("SignatureDoesNotMatch", AWSAccessKeyId=self.upload.access_key or "")
+        return self.upload
 
 
 def _check_conditions(
@@ -194,16 +205,8 @@ def _check_conditions(
     return covered, length_range
 
 
-def verify(
-    fields: Mapping[str, str],
-    bucket: str,
-    *,
-    signing_key: SigningKey | None = None,
-    secret: Secret | None = None,
-    now: float,
-    filename: str = "",
-) -> PostUpload:
-    """Check a POST form's policy and conditions; what to store (see the module's rules)."""
+def prepare(fields: Mapping[str, str], bucket: str, *, now: float, filename: str = "") -> PostClaim:
+    """Every check of a POST form but its signature (see the module's rules)."""
     values = {k.lower(): v for k, v in fields.items() if k.lower() != "file"}
     if "key" not in values:
         raise S3Error(
@@ -220,8 +223,8 @@ def verify(
     if not policy:
         if any(k in values for k in ("x-amz-signature", "signature")):
             raise S3Error("InvalidArgument", "A signed POST needs its policy")
-        return PostUpload(None, key, kept)
-    access_key = _authenticate(values, policy, signing_key, secret)
+        return PostClaim(PostUpload(None, key, kept))
+    access_key, scope = _credential(values)
     document = _decode_policy(policy)
     if now > _expiration(document["expiration"]):
         raise _denied("Policy expired.")
@@ -237,4 +240,32 @@ def verify(
     )
     if extra:
         raise _denied(f"Extra input fields: {', '.join(extra)}")
-    return PostUpload(access_key, key, kept, length_range, document["conditions"])
+    upload = PostUpload(access_key, key, kept, length_range, document["conditions"])
+    provided = values["x-amz-signature"] if scope else values["signature"]
+    return PostClaim(upload, True, scope, policy.encode(), provided)
+
+
+def verify(
+    fields: Mapping[str, str],
+    bucket: str,
+    *,
+    signing_key: SigningKey | None = None,
+    sign: Sign | None = None,
+    now: float,
+    filename: str = "",
+) -> PostUpload:
+    """prepare, then the signature: with the key `signing_key` gives (SigV4) or the HMAC
+    `sign` makes (SigV2); an unknown key is InvalidAccessKeyId."""
+    claim = prepare(fields, bucket, now=now, filename=filename)
+    if not claim.signed:
+        return claim.upload
+    access_key = claim.upload.access_key or ""
+    if claim.scope is not None:
+        key = signing_key(*claim.scope) if signing_key else None
+        if key is None:
+            raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=access_key)
+        return claim.verify_v4(key)
+    signature = sign(access_key, claim.policy) if sign else None
+    if signature is None:
+        raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=access_key)
+    return claim.verify_v2(signature)

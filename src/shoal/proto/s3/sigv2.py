@@ -1,10 +1,17 @@
 """SigV2 for S3 (older clients): "Authorization: AWS AKID:SIG" and query strings with
 AWSAccessKeyId, Expires and Signature, as "Signing and Authenticating REST Requests" has it.
 
-    access_key = verify(request, secret, now=time.time(), resource=None)
+    access_key = verify(request, sign, now=time.time(), resource=None)
         -> the access key of a signed request, None when the request carries no SigV2;
            raises S3Error otherwise
-    secret(access_key) -> str | None   (None: unknown key; SigV2 signs with the secret itself)
+    sign(access_key, string_to_sign: bytes) -> bytes | None
+        HMAC-SHA1 with the key's secret (None: unknown key): SigV2 signs with the secret
+        itself, which the master keeps (cluster.auth.s3_sign_v2); signer(secret) makes one
+        from a secret lookup
+    or in two steps, for a gateway that asks without blocking:
+    claim = prepare(request, now=..., resource=None) -> Claim | None; have each of
+        claim.strings_to_sign signed until claim.matches(signature), else raise
+        claim.mismatch()
     string_to_sign(request, date, resource=None) -> str
 
 The string to sign: VERB \\n Content-MD5 \\n Content-Type \\n Date \\n, then the x-amz-*
@@ -32,13 +39,15 @@ import hmac
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from shoal.proto.s3.errors import S3Error, expired
 from shoal.proto.s3.sigv4 import MAX_SKEW, Request
 
-__all__ = ["SUBRESOURCES", "Secret", "string_to_sign", "verify"]
+__all__ = ["SUBRESOURCES", "Claim", "Sign", "prepare", "signer", "string_to_sign", "verify"]
 
-Secret = Callable[[str], "str | None"]
+# sign(access_key, string_to_sign) -> HMAC-SHA1 with the key's secret (raw), None: no such key
+Sign = Callable[[str, bytes], "bytes | None"]
 _FOLD = re.compile(r"\s*\r?\n\s*")  # a folded header line (inner spaces stay as sent)
 
 SUBRESOURCES = frozenset(
@@ -117,8 +126,16 @@ def string_to_sign(
     return "\n".join(lines) + "\n" + _resource(request, resource)
 
 
-def _signature(secret: str, text: str) -> bytes:
-    return hmac.new(secret.encode(), text.encode("utf-8", "surrogateescape"), hashlib.sha1).digest()
+def signer(secret: Callable[[str], str | None]) -> Sign:
+    """The Sign of whoever holds the secrets (tests, a gateway given its keys)."""
+
+    def sign(access_key: str, string_to_sign: bytes) -> bytes | None:
+        raw = secret(access_key)
+        if raw is None:
+            return None
+        return hmac.new(raw.encode(), string_to_sign, hashlib.sha1).digest()
+
+    return sign
 
 
 def _decode_signature(text: str) -> bytes:
@@ -128,10 +145,30 @@ def _decode_signature(text: str) -> bytes:
         return b""
 
 
-def verify(
-    request: Request, secret: Secret, *, now: float, resource: str | None = None
-) -> str | None:
-    """The access key of a request signed with SigV2, None when it carries no SigV2."""
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A SigV2 request that passed every check but its signature: have the strings to sign
+    signed with the key's secret, in order, until one `matches`."""
+
+    access_key: str
+    strings_to_sign: tuple[bytes, ...]  # AWS's rule first, then what other clients sign
+    provided: str  # the signature as sent (base64)
+
+    def matches(self, signature: bytes) -> bool:
+        return hmac.compare_digest(signature, _decode_signature(self.provided))
+
+    def mismatch(self) -> S3Error:
+        return S3Error(
+            "SignatureDoesNotMatch",
+            AWSAccessKeyId=self.access_key,
+            StringToSign=self.strings_to_sign[0].decode("utf-8", "replace"),
+            SignatureProvided=self.provided,
+        )
+
+
+def prepare(request: Request, *, now: float, resource: str | None = None) -> Claim | None:
+    """Every check of a SigV2 request but its signature: the Claim, None when the request
+    carries no SigV2, S3Error for every refusal."""
     auth = request.header("authorization")
     params = dict(request.params())
     if auth is not None and auth.startswith("AWS "):
@@ -161,20 +198,28 @@ def verify(
         dates = [(params["Expires"], True)]
     else:
         return None
-    key = secret(access_key)
-    if key is None:
-        raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=access_key)
-    wanted = _decode_signature(provided)
-    for date, amz_date in dates:
-        sts = string_to_sign(request, date, resource, amz_date=amz_date)
-        if hmac.compare_digest(_signature(key, sts), wanted):
-            return access_key
-    raise S3Error(
-        "SignatureDoesNotMatch",
-        AWSAccessKeyId=access_key,
-        StringToSign=string_to_sign(request, dates[0][0], resource),
-        SignatureProvided=provided,
+    strings = tuple(
+        string_to_sign(request, date, resource, amz_date=amz_date).encode(
+            "utf-8", "surrogateescape"
+        )
+        for date, amz_date in dates
     )
+    return Claim(access_key, strings, provided)
+
+
+def verify(request: Request, sign: Sign, *, now: float, resource: str | None = None) -> str | None:
+    """The access key of a request signed with SigV2, None when it carries no SigV2;
+    S3Error for every refusal (InvalidAccessKeyId when `sign` gives None)."""
+    claim = prepare(request, now=now, resource=resource)
+    if claim is None:
+        return None
+    for text in claim.strings_to_sign:
+        signature = sign(claim.access_key, text)
+        if signature is None:
+            raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=claim.access_key)
+        if claim.matches(signature):
+            return claim.access_key
+    raise claim.mismatch()
 
 
 def _iso(seconds: float) -> str:

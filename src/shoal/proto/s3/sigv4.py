@@ -6,6 +6,11 @@
         -> Context, or None for an anonymous request (no Authorization, no X-Amz-Algorithm);
            raises S3Error otherwise
     signing_key(access_key, date, region, service) -> bytes | None   (None: unknown key)
+
+    or in two steps, for a gateway that asks for the key without blocking:
+    claim = prepare(request, now=..., region=...)  -> Claim | None (every check but the
+                                                      signature); claim.scope names the key
+    ctx = claim.verify(key)                        -> Context
     derive_signing_key(secret, date, region, service) -> bytes       (pure; for tests and for
                                                                       a gateway holding secrets)
     canonical_request(...), string_to_sign(...)                      (the steps, for tests)
@@ -56,6 +61,7 @@ from shoal.proto.s3.errors import S3Error, expired
 __all__ = [
     "ALGORITHM",
     "MAX_EXPIRES",
+    "Claim",
     "MAX_SKEW",
     "Context",
     "Credentials",
@@ -67,6 +73,7 @@ __all__ = [
     "canonical_uri",
     "derive_signing_key",
     "parse",
+    "prepare",
     "string_to_sign",
     "verify",
 ]
@@ -378,27 +385,23 @@ def parse(request: Request) -> Credentials | None:
 
 
 def _check_scope(creds: Credentials, region: str | None) -> None:
-    error = (
-        "AuthorizationQueryParametersError" if creds.presigned else ("AuthorizationHeaderMalformed")
-    )
+    if creds.presigned:
+        error, where = "AuthorizationQueryParametersError", "Error parsing the X-Amz-Credential"
+    else:
+        error, where = "AuthorizationHeaderMalformed", "The authorization header is malformed"
     if creds.service != "s3":
         raise S3Error(
-            error,
-            f"The authorization header is malformed; incorrect service "
-            f'{creds.service!r}. This endpoint belongs to "s3".',
+            error, f'{where}; incorrect service {creds.service!r}. This endpoint belongs to "s3".'
         )
     if region is not None and creds.region != region:
         raise S3Error(
             error,
-            f"The authorization header is malformed; the region {creds.region!r} is wrong; "
-            f"expecting {region!r}",
+            f"{where}; the region {creds.region!r} is wrong; expecting {region!r}",
             Region=region,
         )
     if creds.timestamp[:8] != creds.date:
         raise S3Error(
-            error,
-            "The authorization header is malformed; Invalid credential date. "
-            "Date is not the same as X-Amz-Date.",
+            error, f"{where}; Invalid credential date. Date is not the same as X-Amz-Date."
         )
 
 
@@ -477,15 +480,79 @@ def _check_signed(request: Request, creds: Credentials) -> None:
         )
 
 
-def verify(
-    request: Request,
-    signing_key: SigningKey,
-    *,
-    now: float,
-    region: str | None = None,
-) -> Context | None:
-    """Check a request's SigV4 signature. None for a request without SigV4 credentials
-    (anonymous, or SigV2: see sigv2.py); S3Error for every refusal."""
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A SigV4 request that passed every check but its signature: ask for the signing key of
+    (access_key, date, region, service), then `verify(key)`."""
+
+    request: Request
+    credentials: Credentials
+    payload: Payload
+    payload_hash: str
+    trailers: tuple[str, ...]
+    decoded_length: int | None
+
+    @property
+    def access_key(self) -> str:
+        return self.credentials.access_key
+
+    @property
+    def scope(self) -> tuple[str, str, str, str]:
+        """(access key, date, region, service): what the signing key is asked for."""
+        c = self.credentials
+        return c.access_key, c.date, c.region, c.service
+
+    def verify(self, key: bytes) -> Context:
+        """The request's context once its signature checks out with `key`."""
+        creds, request = self.credentials, self.request
+        skip = "X-Amz-Signature" if creds.presigned else None
+        provided = creds.signature.encode()
+        first = canonical_request(
+            request,
+            creds.signed_headers,
+            self.payload_hash,
+            query=canonical_query(request.query, skip),
+        )
+        sts = string_to_sign(creds.timestamp, creds.scope, first)
+        if not hmac.compare_digest(_sign(key, sts), provided):
+            raw_query = "&".join(
+                f"{k}={v}" for k, v in sorted(_raw_pairs(request.query)) if k != skip
+            )
+            second = canonical_request(
+                request,
+                creds.signed_headers,
+                self.payload_hash,
+                uri=request.path or "/",
+                query=raw_query,
+            )
+            if second == first or not hmac.compare_digest(
+                _sign(key, string_to_sign(creds.timestamp, creds.scope, second)), provided
+            ):
+                raise S3Error(
+                    "SignatureDoesNotMatch",
+                    AWSAccessKeyId=creds.access_key,
+                    StringToSign=sts,
+                    SignatureProvided=creds.signature,
+                    CanonicalRequest=first,
+                )
+        return Context(
+            access_key=creds.access_key,
+            region=creds.region,
+            scope=creds.scope,
+            timestamp=creds.timestamp,
+            seed_signature=creds.signature,
+            signing_key=key,
+            payload=self.payload,
+            content_sha256=self.payload_hash if self.payload is Payload.SIGNED else None,
+            presigned=creds.presigned,
+            trailers=self.trailers,
+            decoded_length=self.decoded_length,
+        )
+
+
+def prepare(request: Request, *, now: float, region: str | None = None) -> Claim | None:
+    """Every check of a SigV4 request but its signature (which needs the key): the Claim,
+    None for a request without SigV4 credentials, S3Error for every refusal."""
     creds = parse(request)
     if creds is None:
         return None
@@ -493,58 +560,42 @@ def verify(
     _check_time(creds, now)
     _check_signed(request, creds)
     payload, payload_hash = _payload(request, creds)
-    key = signing_key(creds.access_key, creds.date, creds.region, creds.service)
-    if key is None:
-        raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=creds.access_key)
-    skip = "X-Amz-Signature" if creds.presigned else None
-    first = canonical_request(
-        request, creds.signed_headers, payload_hash, query=canonical_query(request.query, skip)
-    )
-    sts = string_to_sign(creds.timestamp, creds.scope, first)
-    signature = _sign(key, sts)
-    if not hmac.compare_digest(signature, creds.signature.encode()):
-        raw_query = "&".join(f"{k}={v}" for k, v in sorted(_raw_pairs(request.query)) if k != skip)
-        second = canonical_request(
-            request, creds.signed_headers, payload_hash, uri=request.path or "/", query=raw_query
-        )
-        if second == first or not hmac.compare_digest(
-            _sign(key, string_to_sign(creds.timestamp, creds.scope, second)),
-            creds.signature.encode(),
-        ):
-            raise S3Error(
-                "SignatureDoesNotMatch",
-                AWSAccessKeyId=creds.access_key,
-                StringToSign=sts,
-                SignatureProvided=creds.signature,
-                CanonicalRequest=first,
-            )
-    trailers = request.header("x-amz-trailer")
+    trailers = request.header("x-amz-trailer") or ""
     decoded = request.header("x-amz-decoded-content-length")
-    decoded_length = None
-    if decoded is not None:
-        if not decoded.isdigit():
-            raise S3Error(
-                "InvalidArgument",
-                "x-amz-decoded-content-length is not a number",
-                ArgumentName="x-amz-decoded-content-length",
-                ArgumentValue=decoded,
-            )
-        decoded_length = int(decoded)
-    return Context(
-        access_key=creds.access_key,
-        region=creds.region,
-        scope=creds.scope,
-        timestamp=creds.timestamp,
-        seed_signature=creds.signature,
-        signing_key=key,
-        payload=payload,
-        content_sha256=payload_hash if payload is Payload.SIGNED else None,
-        presigned=creds.presigned,
-        trailers=tuple(t.strip().lower() for t in trailers.split(",") if t.strip())
-        if trailers
-        else (),
-        decoded_length=decoded_length,
+    if decoded is not None and not decoded.isdigit():
+        raise S3Error(
+            "InvalidArgument",
+            "x-amz-decoded-content-length is not a number",
+            ArgumentName="x-amz-decoded-content-length",
+            ArgumentValue=decoded,
+        )
+    return Claim(
+        request,
+        creds,
+        payload,
+        payload_hash,
+        tuple(t.strip().lower() for t in trailers.split(",") if t.strip()),
+        int(decoded) if decoded is not None else None,
     )
+
+
+def verify(
+    request: Request,
+    signing_key: SigningKey,
+    *,
+    now: float,
+    region: str | None = None,
+) -> Context | None:
+    """prepare, then the signature with the key `signing_key` gives (None: an unknown key,
+    InvalidAccessKeyId). None for a request without SigV4 credentials (anonymous, or SigV2:
+    see sigv2.py); S3Error for every refusal."""
+    claim = prepare(request, now=now, region=region)
+    if claim is None:
+        return None
+    key = signing_key(*claim.scope)
+    if key is None:
+        raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=claim.access_key)
+    return claim.verify(key)
 
 
 def _sign(key: bytes, sts: str) -> bytes:
