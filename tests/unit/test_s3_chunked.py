@@ -281,3 +281,17 @@ def test_decoded_length_is_required() -> None:
     with pytest.raises(S3Error) as e:
         ChunkedDecoder.for_context(without)
     assert (e.value.code, e.value.status) == ("MissingContentLength", 411)
+
+
+@pytest.mark.parametrize(
+    "payload", [Payload.STREAMING_UNSIGNED_TRAILER, Payload.STREAMING_SIGNED_TRAILER]
+)
+def test_trailer_value_may_end_in_lf_crlf(payload: Payload) -> None:
+    ctx = _signed_context(payload, ("x-amz-checksum-crc32",), 11)
+    body = _encode(ctx, b"hello world", [])
+    crc = base64.b64encode(zlib.crc32(b"hello world").to_bytes(4, "big"))
+    line = b"x-amz-checksum-crc32:" + crc
+    assert line + b"\r\n" in body  # the trailer's signature covers line + "\n" either way
+    decoder = ChunkedDecoder.for_context(ctx)
+    assert _decode(decoder, [body.replace(line + b"\r\n", line + b"\n\r\n")]) == b"hello world"
+    assert decoder.checksum == ("crc32", crc.decode())

@@ -20,7 +20,8 @@ The body, as AWS documents it (sizes in hex, lines end with CRLF):
 A chunk's signature is HMAC(signing key, "AWS4-HMAC-SHA256-PAYLOAD" \\n timestamp \\n scope \\n
 previous signature \\n SHA-256("") \\n SHA-256(DATA)), chained from the request's seed
 signature; the trailer's is HMAC(key, "AWS4-HMAC-SHA256-TRAILER" \\n timestamp \\n scope \\n
-previous signature \\n SHA-256(the trailer lines, each ending in \\n)).
+previous signature \\n SHA-256(the trailer lines, each ending in one \\n)). A trailer line may
+end in LF CRLF (some clients send it so): the LF is not part of its value.
 
 THE RULE: every byte `feed` gives out is provisional until `end()` returns. The decoder does
 not hold a chunk back until its signature is checked (chunks may be 16 MiB or more: memory
@@ -217,20 +218,27 @@ class ChunkedDecoder:
         return out
 
     def _take_line(self, view: memoryview, pos: int) -> tuple[bytes | None, int]:
-        """A whole line (without its CRLF) from the pending bytes and `view`, or None."""
+        """A whole line (without its CRLF) from the pending bytes and `view`, or None. A bare
+        LF inside a trailer line is kept (some clients end a trailer's value with one)."""
         room = MAX_LINE + 2 - len(self._line)
         window = bytes(view[pos : pos + room])
-        nl = window.find(b"\n")
-        if nl < 0:
-            if len(window) >= room:
-                raise _malformed("a line longer than 4 KiB")
-            self._line += window
-            return None, pos + len(window)
+        start = 0
+        while True:
+            nl = window.find(b"\n", start)
+            if nl < 0:
+                if len(window) >= room:
+                    raise _malformed("a line longer than 4 KiB")
+                self._line += window
+                return None, pos + len(window)
+            before = window[nl - 1 : nl] if nl else bytes(self._line[-1:])
+            if before == b"\r":
+                break
+            if self._state is not _State.TRAILER:
+                raise _malformed("a line not ended by CRLF")
+            start = nl + 1
         self._line += window[: nl + 1]
         line = bytes(self._line)
         self._line.clear()
-        if not line.endswith(b"\r\n"):
-            raise _malformed("a line not ended by CRLF")
         return line[:-2], pos + nl + 1
 
     def _size_line(self, line: bytes) -> None:
@@ -288,7 +296,7 @@ class ChunkedDecoder:
                 self._timestamp,
                 self._scope,
                 self._previous,
-                b"".join(line + b"\n" for line in lines),
+                b"".join(line.rstrip(b"\n") + b"\n" for line in lines),
             )
             if not hmac.compare_digest(expected.encode(), signature):
                 raise S3Error("SignatureDoesNotMatch", "The trailer's signature does not match.")
