@@ -376,3 +376,27 @@ def test_two_steps_as_a_gateway_asking_the_master() -> None:
     # every check but the signature happens before any key is asked for
     with pytest.raises(S3Error):
         sigv4.prepare(_lifecycle(), now=EXAMPLE_NOW + 3600)
+
+
+def test_signed_expect_taken_away_by_the_server() -> None:
+    import hmac
+
+    signed = ("expect", "host", "x-amz-content-sha256", "x-amz-date")
+    headers = (
+        ("host", "s3.example.com"),
+        ("expect", "100-continue"),
+        ("x-amz-content-sha256", "UNSIGNED-PAYLOAD"),
+        ("x-amz-date", "20130524T000000Z"),
+    )
+    sent = Request("PUT", "/b/k", "", headers)
+    canonical = sigv4.canonical_request(sent, signed, "UNSIGNED-PAYLOAD")
+    sts = sigv4.string_to_sign("20130524T000000Z", "20130524/us-east-1/s3/aws4_request", canonical)
+    key = s3_signing_key(SECRET, "20130524", "us-east-1")
+    signature = hmac.new(key, sts.encode(), hashlib.sha256).hexdigest()
+    received = Request(
+        "PUT",
+        "/b/k",
+        "",
+        (*(h for h in headers if h[0] != "expect"), _auth(";".join(signed), signature)),
+    )
+    assert _check(received).payload is Payload.UNSIGNED

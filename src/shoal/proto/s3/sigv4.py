@@ -30,8 +30,10 @@ Rules kept (AWS's documented behaviour, and what MinIO and Garage accept):
   plus, '%2B'), a name without '=' given an empty value, sorted by encoded name then value;
   X-Amz-Signature left out of a presigned one. The raw pairs sorted as sent are tried second.
 - Canonical headers: the signed names in order, values of a repeated header joined by ',',
-  each trimmed with inner runs of spaces made one. Host must be signed; every x-amz-* header
-  sent must be signed (AccessDenied, HeadersNotSigned), as S3 requires.
+  each trimmed with inner runs of spaces made one; a signed Expect the server took away is
+  "100-continue" (the aws CLI signs it), any other signed header missing is empty. Host
+  must be signed; every x-amz-* header sent must be signed (AccessDenied, HeadersNotSigned),
+  as S3 requires.
 - Header auth needs x-amz-content-sha256 (a 64-digit hex hash, UNSIGNED-PAYLOAD or one of the
   STREAMING-* values) and a date (X-Amz-Date, else Date) within 15 minutes of `now`
   (RequestTimeTooSkewed). A presigned request has X-Amz-Expires in 1..604800, is refused once
@@ -202,6 +204,8 @@ def _canonical_header_lines(request: Request, signed: Sequence[str]) -> str:
     lines = []
     for name in signed:
         values = [_SPACES.sub(" ", v.strip()) for k, v in request.headers if k == name]
+        if not values and name == "expect":
+            values = ["100-continue"]  # (a server may have taken Expect away, having answered it)
         lines.append(f"{name}:{','.join(values)}\n")
     return "".join(lines)
 
