@@ -19,9 +19,9 @@ A code missing from the table is a programming error (KeyError) unless `status` 
 
 from __future__ import annotations
 
-from xml.sax.saxutils import escape
-
 from shoal.errors import ShoalError
+
+__all__ = ["CODES", "S3Error", "escape", "expired"]
 
 # code -> (HTTP status, the message S3 sends when there is nothing more specific to say)
 CODES: dict[str, tuple[int, str]] = {
@@ -80,6 +80,11 @@ CODES: dict[str, tuple[int, str]] = {
     "TooManyBuckets": (400, "You have attempted to create more buckets than allowed"),
     "XAmzContentSHA256Mismatch": (400, "The provided 'x-amz-content-sha256' header does not match what was computed."),
 }  # fmt: skip
+
+
+def escape(text: str) -> str:
+    """Text as XML character data (xml.sax.saxutils would load urllib.request, and ssl)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class S3Error(ShoalError):
