@@ -113,3 +113,27 @@ def test_boto3_http_put_checked_end_to_end() -> None:
     with pytest.raises(S3Error) as e:
         changed.finish()
     assert e.value.code == "XAmzContentSHA256Mismatch"
+
+
+def test_multipart_values() -> None:
+    from shoal.proto.s3.checksums import composite, full_object, multipart_etag
+
+    parts = [b"a" * 5000, b"b" * 3000, b"c"]
+    md5s = [hashlib.md5(p).digest() for p in parts]
+    assert multipart_etag(md5s) == hashlib.md5(b"".join(md5s)).hexdigest() + "-3"
+    for algorithm in ("crc32", "crc32c", "crc64nvme"):
+        whole = Checksum(algorithm)
+        whole.update(b"".join(parts))
+        digests = []
+        for p in parts:
+            c = Checksum(algorithm)
+            c.update(p)
+            digests.append(c.digest())
+        assert full_object(algorithm, list(zip(digests, map(len, parts), strict=True))) == (
+            whole.b64()
+        )
+        outer = Checksum(algorithm)
+        outer.update(b"".join(digests))
+        assert composite(algorithm, digests) == outer.b64() + "-3"
+    with pytest.raises(ValueError):
+        full_object("sha256", [])

@@ -19,6 +19,14 @@ Rules, as S3 keeps them:
 - A signed payload (x-amz-content-sha256 a hex hash) whose body hashes otherwise:
   XAmzContentSHA256Mismatch.
 crc32 is zlib's, crc32c the crc32c package's, crc64nvme awscrt's (botocore's own).
+
+A multipart upload's values, from its parts':
+    multipart_etag(part_md5s) -> "hex-N"            (the MD5 of the parts' MD5s, and N)
+    composite(algorithm, part_digests) -> "b64-N"    (COMPOSITE: the checksum of the parts'
+                                                      checksums, and N)
+    full_object(algorithm, [(digest, size), ...]) -> b64   (FULL_OBJECT: the CRC of the whole
+                                                      object, combined from the parts' CRCs;
+                                                      crc32, crc32c and crc64nvme only)
 """
 
 from __future__ import annotations
@@ -40,8 +48,11 @@ __all__ = [
     "BodyCheck",
     "Checksum",
     "Digests",
+    "composite",
     "decode_b64",
     "decode_declared",
+    "full_object",
+    "multipart_etag",
     "verify",
 ]
 
@@ -180,3 +191,36 @@ class BodyCheck:
         if self._checksum is None or self._algorithm is None:
             return Digests(md5, None)
         return Digests(md5, verify(self._checksum, self._expected))
+
+
+def multipart_etag(part_md5s: Sequence[bytes]) -> str:
+    """A completed multipart upload's ETag: the MD5 of its parts' MD5s, "-", their number."""
+    digest = hashlib.md5(b"".join(part_md5s), usedforsecurity=False).hexdigest()
+    return f"{digest}-{len(part_md5s)}"
+
+
+def composite(algorithm: str, part_digests: Sequence[bytes]) -> str:
+    """A multipart upload's COMPOSITE checksum: of the parts' digests, then "-N"."""
+    checksum = Checksum(algorithm)
+    for digest in part_digests:
+        checksum.update(digest)
+    return f"{checksum.b64()}-{len(part_digests)}"
+
+
+_COMBINE = {
+    "crc32": _crt.combine_crc32,
+    "crc32c": _crt.combine_crc32c,
+    "crc64nvme": _crt.combine_crc64nvme,
+}
+
+
+def full_object(algorithm: str, parts: Sequence[tuple[bytes, int]]) -> str:
+    """A multipart upload's FULL_OBJECT checksum: the CRC of the whole object, combined from
+    each part's (digest, size); only CRCs combine (ValueError otherwise)."""
+    if algorithm not in _COMBINE:
+        raise ValueError(f"{algorithm} does not combine: FULL_OBJECT is for CRCs only")
+    combine = _COMBINE[algorithm]
+    crc = 0
+    for digest, size in parts:
+        crc = combine(crc, int.from_bytes(digest, "big"), size)
+    return base64.b64encode(crc.to_bytes(ALGORITHMS[algorithm], "big")).decode()
