@@ -12,6 +12,7 @@ import pytest
 
 MODULES = [
     "checksums",
+    "names",
     "chunked",
     "conditions",
     "errors",
