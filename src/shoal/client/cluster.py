@@ -491,8 +491,8 @@ class ClusterClient:
                     break
             await asyncio.gather(*tasks)
         except BaseException:
-            for t in tasks:
-                t.cancel()
+            # not cancelled: a put already on the wire may still be stored after its delete
+            # (which finds nothing), leaving a stripe behind; the deletes come after them
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._drop_stripes(pool, name, head, len(tasks))  # nothing half-stored
             raise
