@@ -15,6 +15,7 @@ MODULES = [
     "names",
     "chunked",
     "conditions",
+    "cors",
     "errors",
     "postpolicy",
     "responses",
