@@ -86,6 +86,8 @@ OFF_LOOP = 256 << 10  # bytes of a body decoded and hashed at a time in a worker
 MAX_SMALL_BODY = 64 << 10  # a request body that is not an object's (CreateBucket's XML)
 MAX_USER_META = 2048  # bytes of x-amz-meta-* names and values, as S3
 LIST_MAX = 1000
+DRAIN_MAX = 64 << 20  # bytes of a refused body read to its end so that the client hears why
+DRAIN_FOR = 10.0  # seconds given to that
 DEFAULT_TYPE = "binary/octet-stream"  # S3's Content-Type for an object stored without one
 
 # the standard headers kept with an object and given back by GET and HEAD
@@ -227,12 +229,13 @@ class _Req:
 class _Exchange(Exchange):
     """An S3 reply: x-amz-request-id and x-amz-id-2 on every answer."""
 
-    __slots__ = ("code", "ids")
+    __slots__ = ("code", "ids", "reading")
 
     def __init__(self, send: Send, ids: list[tuple[bytes, bytes]]) -> None:
         super().__init__(send)
         self.ids = ids
         self.code = ""
+        self.reading = False  # the request's body was being read
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         await super().start(status, [*headers, *self.ids])
@@ -310,6 +313,8 @@ class S3Gateway:
             x.code = error.code
             if x.started:
                 raise  # the reply is under way: the server cuts the connection
+            if x.unread and x.reading and await _drained(receive):
+                x.unread = False  # (the client hears the error, not a reset connection)
             await self._send_error(x, error, req, rid, method == "HEAD")
         finally:
             if self.log is not None:
@@ -516,6 +521,7 @@ class S3Gateway:
             raise S3Error("NotImplemented", "aws-chunked bodies are for objects")
         check = BodyCheck(req.headers, content_sha256=ctx.content_sha256)
         data = bytearray()
+        x.reading = True
         async for piece in receive_body(x, receive, None, self.idle):
             data += piece
             if len(data) > MAX_SMALL_BODY:
@@ -679,6 +685,7 @@ class S3Gateway:
         async def body() -> AsyncIterator[bytes | memoryview]:
             batch: list[bytes] = []
             held = 0
+            x.reading = True
             async for piece in receive_body(x, receive, size, self.idle):
                 batch.append(piece)
                 held += len(piece)
@@ -905,6 +912,24 @@ class S3Gateway:
                 if len(page) < LIST_MAX:
                     return keys, prefixes, False, last
                 start = page[-1][0] + "\x00"
+
+
+async def _drained(receive: Receive) -> bool:
+    """Read the rest of a refused body (up to DRAIN_MAX bytes, DRAIN_FOR seconds), so that
+    the client, still sending, gets the answer; whether it all came."""
+    got = 0
+    try:
+        async with asyncio.timeout(DRAIN_FOR):
+            while got <= DRAIN_MAX:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    return False
+                got += len(msg.get("body", b""))
+                if not msg.get("more_body", False):
+                    return True
+    except TimeoutError:
+        pass
+    return False
 
 
 def _common_prefix(key: str, prefix: str, delimiter: str) -> str | None:
