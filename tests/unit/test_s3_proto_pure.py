@@ -11,6 +11,7 @@ import sys
 import pytest
 
 MODULES = [
+    "acl",
     "checksums",
     "names",
     "chunked",

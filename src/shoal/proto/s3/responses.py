@@ -494,7 +494,10 @@ _GRANTEE_FIELD = {"CanonicalUser": "ID", "Group": "URI", "AmazonCustomerByEmail"
 
 def access_control_policy(policy: AccessControlPolicy) -> bytes:
     root = _root("AccessControlPolicy")
-    _owner(root, Owner(policy.owner_id, policy.owner_name or ""))
+    owner = _add(root, "Owner")
+    _add(owner, "ID", policy.owner_id)
+    if policy.owner_name is not None:
+        _add(owner, "DisplayName", policy.owner_name)
     acl = _add(root, "AccessControlList")
     for grant in policy.grants:
         element = _add(acl, "Grant")
