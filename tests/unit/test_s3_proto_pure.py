@@ -12,6 +12,7 @@ import pytest
 
 MODULES = [
     "acl",
+    "bucketpolicy",
     "checksums",
     "names",
     "chunked",

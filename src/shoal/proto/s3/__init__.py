@@ -4,5 +4,6 @@ errors (S3Error and the codes), sigv4 (header and presigned SigV4), chunked (aws
 bodies), checksums (x-amz-checksum-*, Content-MD5), sigv2, postpolicy (browser POST), xml
 (request bodies in), responses (response bodies out), conditions (If-* and Range), names
 (buckets, keys, metadata, copy sources), cors (preflight and CORS headers), acl (canned ACLs,
-grant headers, who may). Each module's docstring gives its interface and the rules it keeps.
+grant headers, who may), bucketpolicy (allow and deny on principal, action, resource). Each
+module's docstring gives its interface and the rules it keeps.
 """
