@@ -5,6 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import xml.etree.ElementTree as ET
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from shoal.proto.s3 import responses as r
 from shoal.proto.s3.errors import S3Error
 from shoal.proto.s3.xml import NS, AccessControlPolicy, CORSRule, Grant, Tag, parse_acl
@@ -183,3 +186,28 @@ def test_error_body_as_botocore_reads_it() -> None:
     assert parsed["Error"]["Code"] == "NoSuchKey"
     assert parsed["Error"]["Key"] == "a&b"
     assert b"<Resource>/bkt/a&amp;b</Resource><RequestId>req-1</RequestId>" in body
+
+
+_TEXT = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\r"), max_size=20
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(tags=st.lists(st.tuples(_TEXT.filter(bool), _TEXT), max_size=10, unique_by=lambda t: t[0]))
+def test_tagging_round_trip(tags: list[tuple[str, str]]) -> None:
+    from shoal.proto.s3.xml import parse_tagging
+
+    values = [Tag(k, v) for k, v in tags if not k.lower().startswith("aws:")]
+    assert parse_tagging(r.tagging(values)) == values
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    owner=_TEXT.map(str.strip).filter(bool),
+    ids=st.lists(_TEXT.map(str.strip).filter(bool), max_size=4),
+)
+def test_acl_round_trip(owner: str, ids: list[str]) -> None:
+    grants = [Grant("CanonicalUser", i, "READ") for i in ids]
+    policy = AccessControlPolicy(owner, None, grants)
+    assert parse_acl(r.access_control_policy(policy)) == policy
