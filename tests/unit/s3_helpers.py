@@ -63,7 +63,7 @@ _sent: list[Any] = []
 
 
 @functools.cache
-def _client(endpoint: str) -> Any:
+def _client(endpoint: str, capture: bool = True) -> Any:
     import boto3
     from botocore.config import Config
 
@@ -79,7 +79,8 @@ def _client(endpoint: str) -> Any:
         region_name="us-east-1",
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
     )
-    client.meta.events.register("before-send.s3.*", send)
+    if capture:
+        client.meta.events.register("before-send.s3.*", send)
     return client
 
 
@@ -138,3 +139,27 @@ def boto_parse(operation: str, body: bytes, status: int = 200) -> dict[str, Any]
     response = {"body": body, "headers": {}, "status_code": status, "context": {}}
     parsed: dict[str, Any] = RestXMLParser().parse(response, model.output_shape)
     return parsed
+
+
+def boto_answer(operation: str, body: bytes, **params: Any) -> tuple[Request, dict[str, Any]]:
+    """What boto3's client makes of `body` as the answer to `operation` (its handlers run:
+    a listing's url-encoded names decoded), and the request it sent."""
+    from botocore.awsrequest import AWSResponse
+
+    client = _client("https://answers.example.com:9000", capture=False)
+    sent: list[Any] = []
+
+    class Raw:
+        def stream(self, **_: Any) -> Any:
+            yield body
+
+    def answer(request: Any, **_: Any) -> AWSResponse:
+        sent.append(request)
+        return AWSResponse(request.url, 200, {"content-type": "application/xml"}, Raw())
+
+    client.meta.events.register("before-send.s3.*", answer)
+    try:
+        parsed: dict[str, Any] = getattr(client, operation)(**params)
+    finally:
+        client.meta.events.unregister("before-send.s3.*", answer)
+    return to_request(sent[0].method, sent[0].url, sent[0].headers), parsed

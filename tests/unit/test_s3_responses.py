@@ -211,3 +211,36 @@ def test_acl_round_trip(owner: str, ids: list[str]) -> None:
     grants = [Grant("CanonicalUser", i, "READ") for i in ids]
     policy = AccessControlPolicy(owner, None, grants)
     assert parse_acl(r.access_control_policy(policy)) == policy
+
+
+def test_boto3_lists_with_encoding_type_url_and_gets_names_back() -> None:
+    from .s3_helpers import boto_answer
+
+    name = "a b+c&<é%41\t"
+    listing = r.ObjectListing(
+        bucket="bkt",
+        prefix="a b",
+        delimiter="/",
+        contents=[r.ObjectEntry(name, T, "abc", 5)],
+        common_prefixes=["a b/sub dir/"],
+    )
+    request, _ = boto_answer("list_objects_v2", b"", Bucket="bkt", Prefix="a b", Delimiter="/")
+    listing.encoding_type = request.param("encoding-type")
+    assert listing.encoding_type == "url"  # boto3 asks for it by itself
+    _, got = boto_answer(
+        "list_objects_v2",
+        r.list_objects(listing, v2=True),
+        Bucket="bkt",
+        Prefix="a b",
+        Delimiter="/",
+    )
+    assert got["Contents"][0]["Key"] == name
+    assert got["CommonPrefixes"] == [{"Prefix": "a b/sub dir/"}]
+    assert got["Prefix"] == "a b" and got["Delimiter"] == "/"
+    versions = r.ObjectListing(
+        bucket="bkt",
+        versions=[r.VersionEntry(name, "v1", True, T, "abc", 5)],
+        encoding_type="url",
+    )
+    _, got = boto_answer("list_object_versions", r.list_versions(versions), Bucket="bkt")
+    assert got["Versions"][0]["Key"] == name
