@@ -141,7 +141,9 @@ def boto_parse(operation: str, body: bytes, status: int = 200) -> dict[str, Any]
     return parsed
 
 
-def boto_answer(operation: str, body: bytes, **params: Any) -> tuple[Request, dict[str, Any]]:
+def boto_answer(
+    operation: str, body: bytes, status: int = 200, **params: Any
+) -> tuple[Request, dict[str, Any]]:
     """What boto3's client makes of `body` as the answer to `operation` (its handlers run:
     a listing's url-encoded names decoded), and the request it sent."""
     from botocore.awsrequest import AWSResponse
@@ -155,7 +157,7 @@ def boto_answer(operation: str, body: bytes, **params: Any) -> tuple[Request, di
 
     def answer(request: Any, **_: Any) -> AWSResponse:
         sent.append(request)
-        return AWSResponse(request.url, 200, {"content-type": "application/xml"}, Raw())
+        return AWSResponse(request.url, status, {"content-type": "application/xml"}, Raw())
 
     client.meta.events.register("before-send.s3.*", answer)
     try:

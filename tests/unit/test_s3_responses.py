@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import xml.etree.ElementTree as ET
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -244,3 +245,25 @@ def test_boto3_lists_with_encoding_type_url_and_gets_names_back() -> None:
     )
     _, got = boto_answer("list_object_versions", r.list_versions(versions), Bucket="bkt")
     assert got["Versions"][0]["Key"] == name
+
+
+@pytest.mark.parametrize(
+    ("error", "operation", "params"),
+    [
+        (S3Error("NoSuchKey", Key="k"), "get_object", {"Bucket": "b", "Key": "k"}),
+        (S3Error("BucketNotEmpty", BucketName="b"), "delete_bucket", {"Bucket": "b"}),
+        (S3Error("SignatureDoesNotMatch"), "list_buckets", {}),
+        (S3Error("InvalidRange", RangeRequested="bytes=9-", ActualObjectSize="3"),
+         "get_object", {"Bucket": "b", "Key": "k", "Range": "bytes=9-"}),
+    ],
+)  # fmt: skip
+def test_boto3_raises_our_errors(error: S3Error, operation: str, params: dict[str, str]) -> None:
+    from botocore.exceptions import ClientError
+
+    from .s3_helpers import boto_answer
+
+    with pytest.raises(ClientError) as e:
+        boto_answer(operation, error.body("/b/k", "RID"), error.status, **params)
+    assert e.value.response["Error"]["Code"] == error.code
+    assert e.value.response["Error"]["Message"] == error.message
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == error.status
