@@ -1,11 +1,13 @@
 """`shoal up`: a whole local cluster for a new user, in one command, kept running.
 
     shoal up [--data shoal-data] [--daemons 3] [--size 4G] [--base-port 4140] [--http-port 3000]
+             [--s3-port 9000]
 
 starts a master, N daemons (one folder each under --data) and the HTTP gateway (minikeyvalue's
 API over the pool `default` on 127.0.0.1:3000, its index in DATA/index.db, its request log in
-DATA/http.log), with TLS on between them: a CA and the certificates of every node are made on
-the first start (DATA/tls). The admin key is made by `shoal up` itself and written to
+DATA/http.log) and the S3 gateway (on 127.0.0.1:9000, the same pool and index, its request
+log in DATA/s3.log), with TLS on between them: a CA and the certificates of every node are
+made on the first start (DATA/tls). The admin key is made by `shoal up` itself and written to
 DATA/client.json (mode 0600) before the master first starts (the master takes it from there),
 so a first start that fails for any reason loses nothing and can simply be run again. The
 `shoal` command reads that config from ./shoal-data/client.json, or, from any other folder,
@@ -24,9 +26,9 @@ daemons, then the master; everything is kept for the next `shoal up`.
 
 Ports: the master listens on BASE (daemons) and BASE+1 (clients); daemon i on BASE+10+2i
 (native), BASE+11+2i (HTTP) and BASE+40+i (other daemons, mutual TLS: replication and
-recovery); the gateway on --http-port (3000; -1: none). --base-port 0 takes free ports,
-the gateway's too unless --http-port is given (the config is rewritten at every start); a
-restarted child gets the ports it had.
+recovery); the gateways on --http-port (3000) and --s3-port (9000; -1: none). --base-port 0
+takes free ports, the gateways' too unless --http-port or --s3-port is given (the config is
+rewritten at every start); a restarted child gets the ports it had.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from shoal.parent import child_env
 _MASTER = re.compile(r"listening on (\S+) \(peer\), (\S+) \(client\)")
 _DAEMON = re.compile(r"listening on (\S+) \(native\), (\S+) \(peer\), (\S+) \(http\)")
 _HTTP = re.compile(r"shoal http listening on (\S+)")
+_S3 = re.compile(r"shoal s3 listening on (\S+)")
 
 START_TIMEOUT = 60.0  # a child that has not said it listens by then has failed to start
 STABLE = 30.0  # a child that ran this long before dying was not failing at start
@@ -278,13 +281,15 @@ def _shoal(*args: str) -> list[str]:
 class LocalCluster:
     def __init__(
         self, data: Path, daemons: int, size: str, base_port: int, http_port: int | None = None,
-        say: Callable[[str], None] | None = None,
+        say: Callable[[str], None] | None = None, s3_port: int | None = None,
     ) -> None:  # fmt: skip
         if daemons < 1:
             raise InvalidArgument("a cluster needs at least one daemon")
         self.data, self.n, self.size, self.base = data, daemons, size, base_port
         self.http_port = (3000 if base_port else 0) if http_port is None else http_port
         self.http_address = ""
+        self.s3_port = (9000 if base_port else 0) if s3_port is None else s3_port
+        self.s3_address = ""
         self.tls = data / "tls"
         self.config_path = data / CONFIG_NAME
         self.sup = Supervisor(data / STATUS_NAME, say or (lambda text: None))
@@ -295,6 +300,7 @@ class LocalCluster:
         self.daemons: list[Child] = []
         self.daemon_ids: dict[int, int] = {}  # daemon i (its folder) -> its id in the map
         self.http: Child | None = None
+        self.s3: Child | None = None
         self._lock: int | None = None  # DATA/up.lock, held while this supervises the folder
 
     def _port(self, offset: int) -> int:
@@ -483,6 +489,31 @@ class LocalCluster:
             ) from None
         return self.http_address
 
+    def start_s3(self, stop: Callable[[], bool] = lambda: False) -> str:
+        """The S3 gateway over the pool `default` and the HTTP gateway's index; its address."""
+        port = [self.s3_port]
+
+        def argv() -> list[str]:
+            return _shoal(
+                "s3", "--port", str(port[0]), "--config", str(self.config_path),
+                "--index", f"sqlite:///{(self.data / 'index.db').resolve()}",
+                "--log", str(self.data / "s3.log"),
+            )  # fmt: skip
+
+        def ready(m: re.Match[str]) -> None:
+            self.s3_address = m.group(1)
+            port[0] = int(self.s3_address.rsplit(":", 1)[1])
+
+        self.s3 = self.sup.add(Child("s3", argv, self.data / "s3.err", _S3, ready))
+        self.sup.spawn(self.s3)
+        try:
+            self.sup.wait_ready([self.s3], stop)
+        except ShoalError as exc:
+            raise ShoalError(
+                f"the S3 gateway (port {self.s3_port}; --s3-port chooses another): {exc}"
+            ) from None
+        return self.s3_address
+
     # -- running and stopping ------------------------------------------------------------
 
     def step(self) -> None:
@@ -491,7 +522,7 @@ class LocalCluster:
     def stop(self) -> None:
         if self._lock is None:  # (it never started: another `shoal up` may own the folder)
             return
-        self.sup.stop([[c for c in (self.http,) if c], self.daemons,
+        self.sup.stop([[c for c in (self.http, self.s3) if c], self.daemons,
                        [c for c in (self.master,) if c]])  # fmt: skip
         os.close(self._lock)
         self._lock = None
@@ -573,11 +604,15 @@ def _try_lines(cluster: LocalCluster, http: str) -> list[str]:
     return out
 
 
-def run(data: str, daemons: int, size: str, base_port: int, http_port: int | None = None) -> int:
+def run(
+    data: str, daemons: int, size: str, base_port: int, http_port: int | None = None,
+    s3_port: int | None = None,
+) -> int:  # fmt: skip
     def say(text: str) -> None:
         print(f"shoal up: {text}", file=sys.stderr, flush=True)
 
-    cluster = LocalCluster(Path(data), daemons, size, base_port, http_port, say=say)
+    cluster = LocalCluster(Path(data), daemons, size, base_port, http_port, say=say,
+                           s3_port=s3_port)  # fmt: skip
     stop = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -592,11 +627,15 @@ def run(data: str, daemons: int, size: str, base_port: int, http_port: int | Non
         remember_up(cluster.config_path)
         s = cluster.wait_ready(cfg)
         http = cluster.start_http(lambda: stop) if cluster.http_port >= 0 else ""
+        s3 = cluster.start_s3(lambda: stop) if cluster.s3_port >= 0 else ""
         print(f"shoal is up: master {cfg.master} (TLS), {s['up']} of {s['daemons']} daemons up, "
               f"pools: {', '.join(p['name'] for p in s['pools'])}")  # fmt: skip
         print(f"  data and logs in {data}/; client config {data}/{CONFIG_NAME}")
         if http:
             print(f"  HTTP gateway (minikeyvalue API) on http://{http}/, pool default")
+        if s3:
+            print(f"  S3 gateway on http://{s3}/ (region us-east-1), pool default: the keys "
+                  f"of {data}/{CONFIG_NAME}, or of `shoal key create`")  # fmt: skip
         lines = _try_lines(cluster, http)
         print("  try:  " + "\n        ".join(lines))
         print("Ctrl-C stops it (everything is kept for the next `shoal up`).", flush=True)

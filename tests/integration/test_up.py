@@ -43,7 +43,7 @@ def test_shoal_up_first_start_stop_and_restart(up: Up, tmp_path: Path) -> None:
     cfg = json.loads(config.read_text())
     assert (cfg["master"], cfg["access_key"], cfg["secret_key"]) == (m[1], key[1], key[2])
     assert (tmp_path / cfg["ca_cert"]).is_file()
-    assert len(up.children) == 5, "a master, three daemons and the HTTP gateway"
+    assert len(up.children) == 6, "a master, three daemons, the HTTP and the S3 gateway"
 
     # the HTTP gateway, as the seed's curl commands use it
     gw = re.search(r"HTTP gateway \(minikeyvalue API\) on http://(\S+)/", out)
@@ -55,10 +55,23 @@ def test_shoal_up_first_start_stop_and_restart(up: Up, tmp_path: Path) -> None:
     got = subprocess.run([*curl, "-L", f"{base}/foo"], capture_output=True)
     assert got.stdout == b"bar200", got
     listed = subprocess.run(["curl", "-sS", f"{base}/?list"], capture_output=True)
-    assert json.loads(listed.stdout) == {"next": "", "keys": ["/foo"]}
+    assert json.loads(listed.stdout) == {"next": "", "keys": ["/foo"]}  # (before S3's)
     assert (data / "index.db").is_file()
     log = data / "http.log"  # (the request log is written out in batches)
     eventually_sync(lambda: log.read_text(), lambda t: '"key": "foo"' in t, timeout=5)
+
+    # the S3 gateway, with the admin key, over the same pool and index
+    s3 = re.search(r"S3 gateway on http://(\S+)/ \(region us-east-1\), pool default", out)
+    assert s3, out
+    import boto3
+
+    c = boto3.client("s3", endpoint_url=f"http://{s3[1]}", aws_access_key_id=key[1],
+                     aws_secret_access_key=key[2], region_name="us-east-1")  # fmt: skip
+    c.create_bucket(Bucket="from-up")
+    c.put_object(Bucket="from-up", Key="s3/key", Body=b"through S3")
+    got = subprocess.run([*curl, "-L", f"{base}/from-up/s3/key"], capture_output=True)
+    assert got.stdout == b"through S3200", got
+    assert [o["Key"] for o in c.list_objects_v2(Bucket="from-up")["Contents"]] == ["s3/key"]
 
     # the README's pool on shoal up's one host (its pools' failure domain is the daemon)
     made = run("pool", "create", "photos", "--replicas", "3", "--pg-num", "256").stdout
@@ -193,6 +206,6 @@ def test_a_second_shoal_up_on_the_folder_is_refused(up: Up, tmp_path: Path) -> N
         assert p.returncode == 1, p
         assert f"another `shoal up` (pid {up.proc.pid}) is running".encode() in p.stderr
     assert ((up.data / "up.json").read_text(), (up.data / "client.json").read_text()) == before
-    assert len([p for p in up.processes().values() if p["state"] == "up"]) == 5
+    assert len([p for p in up.processes().values() if p["state"] == "up"]) == 6
     assert b"HEALTH_OK" in shoal("status", env=up.env, cwd=tmp_path).stdout
     assert up.interrupt() == 0
