@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.errors import InvalidArgument
-from shoal.index import MAX_KEY, Entry, Index, open_index, tombstone
+from shoal.index import MAX_NAME, Entry, Index, open_index, tombstone
 from shoal.index.sqlite import SqliteIndex
 
 NS = "pool"
@@ -274,12 +274,12 @@ class IndexContract:
         assert await all_pages(index, "k", limit=4) == live
         assert await listed(index, prefix="k000") == ["k0000"]
 
-    async def test_keys_up_to_max_key_bytes(self, index: Index) -> None:
-        longest = "x" * (MAX_KEY - 4) + "😀"  # exactly MAX_KEY bytes
+    async def test_keys_up_to_max_name_bytes(self, index: Index) -> None:
+        longest = "x" * (MAX_NAME - 4) + "😀"  # exactly MAX_NAME bytes (an S3 bucket's key)
         await index.put(NS, longest, entry(1))
         assert await listed(index, prefix="xxx") == [longest]
         assert await index.get(NS, longest) is not None
-        for too_long in ("x" * (MAX_KEY + 1), "☃" * 342):  # 1025 and 1026 bytes
+        for too_long in ("x" * (MAX_NAME + 1), "☃" * 363):  # 1089 bytes each
             with pytest.raises(InvalidArgument):
                 await index.put(NS, too_long, entry(1))
             with pytest.raises(InvalidArgument):

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from shoal.errors import InvalidArgument
 from shoal.index.base import (
     MAX_KEY,
+    MAX_NAME,
     MD5_META,
     Entry,
     Index,
@@ -25,7 +26,7 @@ from shoal.index.base import (
 )
 
 __all__ = [
-    "MAX_KEY", "MD5_META", "Entry", "Index", "IndexUnavailable", "md5_of", "of_object",
+    "MAX_KEY", "MAX_NAME", "MD5_META", "Entry", "Index", "IndexUnavailable", "md5_of", "of_object",
     "open_index", "tombstone",
 ]  # fmt: skip
 

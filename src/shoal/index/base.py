@@ -29,6 +29,9 @@ from urllib.parse import urlsplit, urlunsplit
 from shoal.errors import InvalidArgument, ShoalError
 
 MAX_KEY = 1024  # bytes of UTF-8, as S3
+# the longest name kept: an S3 gateway's object names are its bucket's (at most 63 bytes), '/'
+# and a key of MAX_KEY
+MAX_NAME = MAX_KEY + 64
 MAX_NAMESPACE = 255  # bytes of UTF-8; namespaces are pool names
 REBUILD_BATCH = 1000  # items written per round trip by rebuild
 
@@ -188,13 +191,13 @@ def check_ns(ns: str) -> None:
 
 
 def encode_key(key: str) -> bytes:
-    """The key as stored: its UTF-8 bytes, at most MAX_KEY."""
+    """The key as stored: its UTF-8 bytes, at most MAX_NAME."""
     try:
         raw = key.encode()
     except UnicodeEncodeError as e:
         raise InvalidArgument(f"key {key!r} is not valid UTF-8: {e}") from None
-    if len(raw) > MAX_KEY:
-        raise InvalidArgument(f"key of {len(raw)} bytes: at most {MAX_KEY} bytes of UTF-8")
+    if len(raw) > MAX_NAME:
+        raise InvalidArgument(f"key of {len(raw)} bytes: at most {MAX_NAME} bytes of UTF-8")
     return raw
 
 
