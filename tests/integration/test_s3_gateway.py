@@ -299,6 +299,17 @@ def test_a_wrong_content_md5_stores_nothing(s3: S3) -> None:
     assert live_stripes(s3.cluster, "digests/big") == 0
 
 
+def test_keys_and_metadata_out_of_the_rules(s3: S3) -> None:
+    c = _bucket(s3, "rules")
+    e = _refused(c.put_object, "KeyTooLongError", 400, Bucket="rules", Key="k" * 1025, Body=b"")
+    assert e.response["Error"]["MaxSizeAllowed"] == "1024"
+    c.put_object(Bucket="rules", Key="é" * 512, Body=b"1024 bytes of UTF-8")
+    _refused(c.put_object, "MetadataTooLarge", 400, Bucket="rules", Key="meta", Body=b"x",
+             Metadata={"big": "x" * 2100})  # fmt: skip
+    _refused(c.head_object, "404", 404, Bucket="rules", Key="meta")
+    assert [o["Key"] for o in c.list_objects_v2(Bucket="rules")["Contents"]] == ["é" * 512]
+
+
 def test_ranges(s3: S3) -> None:
     c = _bucket(s3, "ranges")
     body = bytes(range(256)) * 40  # 10240 bytes

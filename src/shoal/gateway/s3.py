@@ -35,19 +35,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import calendar
 import contextlib
-import email.utils
 import itertools
 import logging
 import os
-import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote_to_bytes
-from xml.sax.saxutils import escape
+from urllib.parse import unquote_to_bytes
 
 from shoal.asgi import Receive, Scope, Send
 from shoal.client.client import ObjectInfo
@@ -70,21 +66,22 @@ from shoal.gateway.common import (
     stream_reply,
 )
 from shoal.gateway.s3keys import S3Keys, UnknownAccessKey
-from shoal.index import MAX_KEY, MD5_META, Entry, Index, IndexUnavailable, md5_of
-from shoal.proto.s3 import sigv4
+from shoal.index import MD5_META, Entry, Index, IndexUnavailable, md5_of
+from shoal.proto.s3 import responses, sigv4
 from shoal.proto.s3.checksums import BodyCheck, Digests
 from shoal.proto.s3.chunked import ChunkedDecoder
+from shoal.proto.s3.conditions import byte_range, check_read, check_write
 from shoal.proto.s3.errors import S3Error
+from shoal.proto.s3.names import check_bucket, check_key, user_metadata
+from shoal.proto.s3.xml import parse_location
 
 log = logging.getLogger("shoal.s3")
 
-NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 BUCKETS = ".s3/buckets/"  # a bucket's record: the object BUCKETS + name
 IDLE_TIMEOUT = 60.0
 READ_AHEAD = 2  # stripes of a large object fetched ahead of the client
 OFF_LOOP = 256 << 10  # bytes of a body decoded and hashed at a time in a worker thread
 MAX_SMALL_BODY = 64 << 10  # a request body that is not an object's (CreateBucket's XML)
-MAX_USER_META = 2048  # bytes of x-amz-meta-* names and values, as S3
 LIST_MAX = 1000
 DRAIN_MAX = 64 << 20  # bytes of a refused body read to its end so that the client hears why
 DRAIN_FOR = 10.0  # seconds given to that
@@ -114,98 +111,6 @@ OVERRIDES = {
     "response-content-disposition": "content-disposition",
     "response-content-encoding": "content-encoding",
 }
-
-_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_IP = re.compile(r"\d+\.\d+\.\d+\.\d+")
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-
-
-def check_bucket_name(name: str) -> None:
-    """S3's rules for general purpose buckets (InvalidBucketName)."""
-    ok = (
-        _BUCKET_NAME.fullmatch(name) is not None
-        and ".." not in name
-        and ".-" not in name
-        and "-." not in name
-        and not _IP.fullmatch(name)
-        and not name.startswith(("xn--", "sthree-", "amzn-s3-demo-"))
-        and not name.endswith(("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"))
-    )
-    if not ok:
-        raise S3Error("InvalidBucketName", BucketName=name)
-
-
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(t))
-
-
-def _parse_http_date(text: str) -> float | None:
-    parsed = email.utils.parsedate_tz(text)
-    if parsed is None:
-        return None
-    try:
-        return float(email.utils.mktime_tz(parsed))
-    except (OverflowError, ValueError):
-        return None
-
-
-def _etags(value: str) -> list[str]:
-    return [t.strip().removeprefix("W/").strip('"') for t in value.split(",") if t.strip()]
-
-
-def preconditions(
-    headers: dict[str, str], etag: str | None, mtime: float, *, read: bool
-) -> int | None:
-    """RFC 9110's order of the If-* headers, as S3 keeps it: None to go on, 412 or (for a
-    read) 304. `etag` None: there is no object."""
-    when = calendar.timegm(time.gmtime(int(mtime)))  # (whole seconds, as HTTP dates)
-    if_match = headers.get("if-match")
-    if if_match is not None:
-        tags = _etags(if_match)
-        if etag is None or ("*" not in tags and etag not in tags):
-            return 412
-    elif (since := headers.get("if-unmodified-since")) is not None:
-        t = _parse_http_date(since)
-        if t is not None and etag is not None and when > t:
-            return 412
-    if_none = headers.get("if-none-match")
-    if if_none is not None:
-        tags = _etags(if_none)
-        if etag is not None and ("*" in tags or etag in tags):
-            return 304 if read else 412
-    elif read and (since := headers.get("if-modified-since")) is not None:
-        t = _parse_http_date(since)
-        if t is not None and etag is not None and when <= t and t <= time.time():
-            return 304
-    return None
-
-
-def _condition(headers: dict[str, str]) -> str:
-    """The header a 412 names (S3's Condition field)."""
-    for name in ("if-match", "if-unmodified-since", "if-none-match"):
-        if name in headers:
-            return {"if-match": "If-Match", "if-unmodified-since": "If-Unmodified-Since",
-                    "if-none-match": "If-None-Match"}[name]  # fmt: skip
-    return ""
-
-
-def _parse_location(body: bytes) -> str | None:
-    """CreateBucketConfiguration's LocationConstraint (None: no body, or none given)."""
-    if not body.strip():
-        return None
-    import defusedxml.ElementTree as SafeET
-    from defusedxml import DefusedXmlException
-
-    try:
-        root = SafeET.fromstring(body)
-    except (SafeET.ParseError, DefusedXmlException, ValueError):
-        raise S3Error("MalformedXML") from None
-    if root.tag.rpartition("}")[2] != "CreateBucketConfiguration":
-        raise S3Error("MalformedXML")
-    for child in root:
-        if child.tag.rpartition("}")[2] == "LocationConstraint":
-            return (child.text or "").strip() or None
-    return None
 
 
 @dataclass
@@ -388,10 +293,8 @@ class S3Gateway:
         if "\x00" in key or "\x00" in bucket:
             raise S3Error("InvalidURI", "Couldn't parse the specified URI.", status=400)
         req = _Req(scope["method"], raw_path, query, headers, hmap, params, bucket, key)
-        if len(key.encode()) > MAX_KEY:
-            raise S3Error(
-                "KeyTooLongError", MaxSizeAllowed=str(MAX_KEY), Size=str(len(key.encode()))
-            )
+        if key:
+            check_key(key)
         return req
 
     async def _authenticate(self, req: _Req) -> tuple[S3Grant, sigv4.Context]:
@@ -446,7 +349,7 @@ class S3Gateway:
             if method == "GET" and "versioning" in req.params:
                 grant.require(self.pool, "r")
                 await self._bucket(bucket)
-                return await self._xml(x, f'<VersioningConfiguration xmlns="{NS}"/>')
+                return await self._xml(x, responses.versioning(None))
             if asked or "versioning" in req.params:
                 raise S3Error(
                     "NotImplemented", f"{', '.join(sorted(asked))} is not implemented yet"
@@ -484,9 +387,8 @@ class S3Gateway:
             return await self._delete_object(x, req)
         raise S3Error("MethodNotAllowed", Method=method, ResourceType="OBJECT")
 
-    async def _xml(self, x: _Exchange, body: str, status: int = 200) -> None:
-        data = ('<?xml version="1.0" encoding="UTF-8"?>\n' + body).encode()
-        await x.whole(status, data, [(b"content-type", b"application/xml")])
+    async def _xml(self, x: _Exchange, body: bytes, status: int = 200) -> None:
+        await x.whole(status, body, [(b"content-type", b"application/xml")])
 
     # -- buckets -----------------------------------------------------------------------------
 
@@ -534,14 +436,14 @@ class S3Gateway:
         self, x: _Exchange, receive: Receive, req: _Req, ctx: sigv4.Context, grant: S3Grant
     ) -> None:
         bucket = req.bucket
-        check_bucket_name(bucket)
+        check_bucket(bucket)
         acl = req.hmap.get("x-amz-acl")
         if acl not in (None, "private"):
             raise S3Error(
                 "NotImplemented", "canned ACLs other than private are not implemented yet"
             )
         body = await self._small_body(x, receive, req, ctx)
-        location = _parse_location(body)
+        location = parse_location(body)
         if location is not None and location != self.region:
             raise S3Error(
                 "IllegalLocationConstraintException",
@@ -568,9 +470,7 @@ class S3Gateway:
 
     async def _location(self, x: _Exchange, bucket: str) -> None:
         record = await self._bucket(bucket)
-        region = record.meta.get("region", self.region)
-        text = "" if region == "us-east-1" else escape(region)
-        await self._xml(x, f'<LocationConstraint xmlns="{NS}">{text}</LocationConstraint>')
+        await self._xml(x, responses.location(record.meta.get("region", self.region)))
 
     async def _list_buckets(self, x: _Exchange, grant: S3Grant) -> None:
         mine: list[tuple[str, Entry]] = []
@@ -582,18 +482,11 @@ class S3Gateway:
             if len(page) < LIST_MAX:
                 break
             after = page[-1][0] + "\x00"
-        owner = escape(grant.access_key)
-        buckets = "".join(
-            f"<Bucket><Name>{escape(name)}</Name><CreationDate>"
-            f"{_iso(float(e.meta.get('created') or e.mtime))}</CreationDate></Bucket>"
-            for name, e in mine
-        )
-        await self._xml(
-            x,
-            f'<ListAllMyBucketsResult xmlns="{NS}"><Owner><ID>{owner}</ID>'
-            f"<DisplayName>{owner}</DisplayName></Owner><Buckets>{buckets}</Buckets>"
-            "</ListAllMyBucketsResult>",
-        )
+        owner = responses.Owner(grant.access_key, grant.access_key)
+        buckets = [
+            responses.Bucket(name, float(e.meta.get("created") or e.mtime)) for name, e in mine
+        ]
+        await self._xml(x, responses.list_buckets(owner, buckets))
 
     async def _delete_bucket(self, x: _Exchange, bucket: str) -> None:
         await self._bucket(bucket)
@@ -625,16 +518,10 @@ class S3Gateway:
 
     def _object_meta(self, req: _Req) -> dict[str, str]:
         """What a PUT keeps of its headers: the standard ones and x-amz-meta-*."""
-        meta: dict[str, str] = {}
-        user = 0
+        meta = {"x-amz-meta-" + k: v for k, v in user_metadata(req.headers).items()}
         for name, value in req.headers:
-            if name.startswith("x-amz-meta-"):
-                user += len(name) - len("x-amz-meta-") + len(value)
-                meta[name] = value.strip() if name not in meta else f"{meta[name]},{value.strip()}"
-            elif name in STORED_HEADERS:
+            if name in STORED_HEADERS:
                 meta[name] = value.strip()
-        if user > MAX_USER_META:
-            raise S3Error("MetadataTooLarge", Size=str(user), MaxSizeAllowed=str(MAX_USER_META))
         encoding = meta.get("content-encoding")
         if encoding is not None:  # (aws-chunked is the transfer's, not the object's)
             rest = [e.strip() for e in encoding.split(",") if e.strip().lower() != "aws-chunked"]
@@ -654,11 +541,13 @@ class S3Gateway:
         if "if-match" not in req.hmap and "if-none-match" not in req.hmap:
             return
         info = await self._current(name)
-        if info is None and "if-match" in req.hmap:
-            raise S3Error("NoSuchKey", Key=req.key)
-        etag = None if info is None else await self._etag(name, info)
-        if preconditions(req.hmap, etag, info.mtime if info else 0.0, read=False) is not None:
-            raise S3Error("PreconditionFailed", Condition=_condition(req.hmap))
+        current = None if info is None else (await self._etag(name, info), info.mtime)
+        try:
+            check_write(req.headers, current)
+        except S3Error as exc:
+            if exc.code == "NoSuchKey":
+                exc.fields["Key"] = req.key
+            raise
 
     async def _put_object(
         self, x: _Exchange, receive: Receive, req: _Req, ctx: sigv4.Context, grant: S3Grant
@@ -766,12 +655,13 @@ class S3Gateway:
             (b"etag", f'"{etag}"'.encode()),
             (b"last-modified", http_date(info.mtime)),
         ]
-        status = preconditions(req.hmap, etag, info.mtime, read=True)
-        if status == 304:
+        try:
+            check_read(req.headers, etag, info.mtime)
+        except S3Error as exc:
+            if exc.status != 304:
+                raise
             await x.whole(304, b"", common)
             return
-        if status == 412:
-            raise S3Error("PreconditionFailed", Condition=_condition(req.hmap))
         headers = [*common, (b"accept-ranges", b"bytes")]
         stored = {k: v for k, v in meta.items() if k in STORED_HEADERS}
         stored.setdefault("content-type", DEFAULT_TYPE)
@@ -782,11 +672,10 @@ class S3Gateway:
         headers += [(k.encode(), v.encode("latin-1", "replace"))
                     for k, v in meta.items() if k.startswith("x-amz-meta-")]  # fmt: skip
         first, length, code = 0, info.size, 200
-        want = req.hmap.get("range")
-        rng = _range(want, info.size) if want is not None else None
+        rng = byte_range(req.hmap.get("range"), info.size)
         if rng is not None:
-            first, length, code = rng[0], rng[1] - rng[0] + 1, 206
-            headers.append((b"content-range", f"bytes {rng[0]}-{rng[1]}/{info.size}".encode()))
+            first, length, code = rng.first, rng.length, 206
+            headers.append((b"content-range", rng.content_range.encode()))
         elif req.hmap.get("x-amz-checksum-mode", "").upper() == "ENABLED":
             headers += [(k.encode(), v.encode()) for k, v in meta.items()
                         if k.startswith(CHECKSUM_META)]  # fmt: skip
@@ -836,45 +725,27 @@ class S3Gateway:
             req.bucket, prefix, delimiter, after, max_keys
         )
 
-        def enc(text: str) -> str:
-            return escape(quote(text, safe="/") if url else text)
-
         owner = record.meta.get(OWNER_META, "")
-        fetch_owner = not v2 or p.get("fetch-owner") == "true"
-        parts = [f"<Name>{escape(req.bucket)}</Name><Prefix>{enc(prefix)}</Prefix>"]
-        if v2:
-            parts.append(f"<KeyCount>{len(keys) + len(prefixes)}</KeyCount>")
-            if token is not None:
-                parts.append(f"<ContinuationToken>{escape(token)}</ContinuationToken>")
-            if truncated:
-                nxt = base64.urlsafe_b64encode(last.encode()).decode()
-                parts.append(f"<NextContinuationToken>{nxt}</NextContinuationToken>")
-            if "start-after" in p:
-                parts.append(f"<StartAfter>{enc(p['start-after'])}</StartAfter>")
-        else:
-            parts.append(f"<Marker>{enc(p.get('marker', ''))}</Marker>")
-            if truncated and delimiter:
-                parts.append(f"<NextMarker>{enc(last)}</NextMarker>")
-        parts.append(f"<MaxKeys>{max_keys}</MaxKeys>")
-        if delimiter:
-            parts.append(f"<Delimiter>{enc(delimiter)}</Delimiter>")
-        if url:
-            parts.append("<EncodingType>url</EncodingType>")
-        parts.append(f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>")
-        for key, e in keys:
+
+        def entry(key: str, e: Entry) -> responses.ObjectEntry:
             etag = e.md5.hex() if e.md5 is not None else (e.hash[:16].hex() if e.hash else "")
-            item = (
-                f"<Contents><Key>{enc(key)}</Key><LastModified>{_iso(e.mtime)}</LastModified>"
-                f"<ETag>&quot;{etag}&quot;</ETag><Size>{e.size}</Size>"
-            )
-            if fetch_owner:
-                who = escape(e.meta.get(OWNER_META, owner))
-                item += f"<Owner><ID>{who}</ID><DisplayName>{who}</DisplayName></Owner>"
-            parts.append(item + "<StorageClass>STANDARD</StorageClass></Contents>")
-        parts += [f"<CommonPrefixes><Prefix>{enc(cp)}</Prefix></CommonPrefixes>"
-                  for cp in prefixes]  # fmt: skip
-        root = "ListBucketResult"
-        await self._xml(x, f'<{root} xmlns="{NS}">{"".join(parts)}</{root}>')
+            who = e.meta.get(OWNER_META, owner)
+            return responses.ObjectEntry(key, e.mtime, etag, e.size,
+                                         owner=responses.Owner(who, who))  # fmt: skip
+
+        listing = responses.ObjectListing(
+            req.bucket, prefix, delimiter or None, max_keys, truncated,
+            [entry(k, e) for k, e in keys], common_prefixes=prefixes, encoding_type=url,
+            marker=p.get("marker", ""),
+            next_marker=last if truncated and delimiter and not v2 else None,
+            continuation_token=token if v2 else None,
+            next_continuation_token=(
+                base64.urlsafe_b64encode(last.encode()).decode() if v2 and truncated else None
+            ),
+            start_after=p.get("start-after") if v2 else None,
+            fetch_owner=p.get("fetch-owner") == "true",
+        )  # fmt: skip
+        await self._xml(x, responses.list_objects(listing, v2))
 
     async def _walk(
         self, bucket: str, prefix: str, delimiter: str, after: str, max_keys: int
@@ -953,30 +824,3 @@ def _after(base: str, after: str, prefix: str, delimiter: str) -> str:
     if cp is not None and cp == after:
         return _skip(base + after)
     return base + after + "\x00"
-
-
-def _range(value: str, size: int) -> tuple[int, int] | None:
-    """(first, last) of a single `bytes=` range; None to send it all (another unit, several
-    ranges, or a range that is not one: RFC 9110 ignores it); InvalidRange if it cannot be
-    satisfied."""
-    m = _RANGE.fullmatch(value.strip())
-    if not m:
-        return None
-    a, b = m.groups()
-    if not a and not b:
-        return None
-    if a and b and int(b) < int(a):
-        return None
-    if not a:
-        n = int(b)
-        if n == 0 or size == 0:
-            raise _unsatisfiable(value, size)
-        return max(0, size - n), size - 1
-    first = int(a)
-    if first >= size:
-        raise _unsatisfiable(value, size)
-    return first, min(int(b), size - 1) if b else size - 1
-
-
-def _unsatisfiable(value: str, size: int) -> S3Error:
-    return S3Error("InvalidRange", RangeRequested=value, ActualObjectSize=str(size))
