@@ -584,6 +584,47 @@ def test_presigned_get_and_put_through_curl(s3: S3) -> None:
     assert b"Request has expired" in body
 
 
+def test_sigv2_presigned_urls_and_headers(s3: S3) -> None:
+    """boto3 (and `aws s3 presign`) presign with SigV2 unless told otherwise; older clients
+    sign headers with it."""
+    v2 = s3.client(config=Config(signature_version="s3", retries={"max_attempts": 1}))
+    v2.create_bucket(Bucket="sigv2")
+    v2.put_object(Bucket="sigv2", Key="k/1", Body=b"v2 header", ContentType="text/x-v2",
+                  Metadata={"m": "1"})  # fmt: skip
+    g = v2.get_object(Bucket="sigv2", Key="k/1")
+    assert (g["Body"].read(), g["ContentType"], g["Metadata"]) == (
+        b"v2 header", "text/x-v2", {"m": "1"},
+    )  # fmt: skip
+    assert [o["Key"] for o in v2.list_objects(Bucket="sigv2")["Contents"]] == ["k/1"]
+    default = boto3.client("s3", endpoint_url=s3.endpoint, aws_access_key_id=s3.access,
+                           aws_secret_access_key=s3.secret, region_name="us-east-1")  # fmt: skip
+    put = default.generate_presigned_url("put_object", Params={"Bucket": "sigv2", "Key": "p q"})
+    assert "Signature=" in put and "X-Amz-Signature" not in put  # (SigV2, as boto3 does)
+    status, body, _ = s3.curl("-X", "PUT", "-H", "Content-Type:", "--data-binary", "@-", put,
+                              data=b"presigned v2")  # fmt: skip
+    assert status == 200, body
+    get = default.generate_presigned_url(
+        "get_object", Params={"Bucket": "sigv2", "Key": "p q", "ResponseContentType": "a/b"}
+    )
+    status, body, headers = s3.curl(get)
+    assert (status, body, headers["content-type"]) == (200, b"presigned v2", "a/b")
+    status, body, _ = s3.curl(get.replace("p%20q", "p%20r"))
+    assert status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in body
+    short = default.generate_presigned_url("get_object", Params={"Bucket": "sigv2",
+                                           "Key": "p q"}, ExpiresIn=1)  # fmt: skip
+    time.sleep(2.1)
+    status, body, _ = s3.curl(short)
+    assert status == 403 and b"Request has expired" in body
+    wrong = s3.client(secret="y" * 40, config=Config(signature_version="s3",
+                                                     retries={"max_attempts": 1}))  # fmt: skip
+    _refused(wrong.get_object, "SignatureDoesNotMatch", 403, Bucket="sigv2", Key="k/1")
+    unknown = s3.client(
+        access="AKIANOSUCHKEY0000001",
+        config=Config(signature_version="s3", retries={"max_attempts": 1}),
+    )
+    _refused(unknown.get_object, "InvalidAccessKeyId", 403, Bucket="sigv2", Key="k/1")
+
+
 def test_wrong_secret_unknown_key_and_anonymous(s3: S3) -> None:
     _bucket(s3, "who")
     wrong = s3.client(secret="x" * 40)
@@ -689,6 +730,16 @@ def test_virtual_host_style(s3: S3, monkeypatch: pytest.MonkeyPatch) -> None:
     assert sent[-1].startswith(f"http://vhost.{DOMAIN}:{port}/k/1")
     assert v.get_object(Bucket="vhost", Key="k/1")["Body"].read() == b"virtual"
     assert [o["Key"] for o in v.list_objects_v2(Bucket="vhost")["Contents"]] == ["k/1"]
+    v2 = s3.client(
+        endpoint_url=f"http://{DOMAIN}:{port}",
+        config=Config(
+            s3={"addressing_style": "virtual"}, signature_version="s3", retries={"max_attempts": 1}
+        ),
+    )
+    v2.put_object(Bucket="vhost", Key="k/2", Body=b"virtual, SigV2")
+    assert v2.get_object(Bucket="vhost", Key="k/2")["Body"].read() == b"virtual, SigV2"
+    assert len(v2.list_objects(Bucket="vhost")["Contents"]) == 2
+    v2.delete_object(Bucket="vhost", Key="k/2")
     # the same bucket path-style, and through the HTTP gateway
     assert s3.client().get_object(Bucket="vhost", Key="k/1")["Body"].read() == b"virtual"
     assert s3.http.get("vhost/k/1").body == b"virtual"

@@ -11,8 +11,9 @@ rebuild` finds the buckets again with everything else.
 Authentication: SigV4 (shoal.proto.s3.sigv4) in the Authorization header or presigned in the
 query, with the signing key of (access key, day, region) from the master (shoal.gateway.
 s3keys); a payload signed by its SHA-256, UNSIGNED-PAYLOAD, or aws-chunked (chunk
-signatures, trailers, the trailing checksum: shoal.proto.s3.chunked). Anonymous requests
-are refused (AccessDenied), as are SigV2 ones (not yet). A request needs its key's right on
+signatures, trailers, the trailing checksum: shoal.proto.s3.chunked); SigV2 in the header
+or the query (shoal.proto.s3.sigv2; each string to sign is signed by the master, which keeps
+the secrets). Anonymous requests are refused (AccessDenied). A request needs its key's right on
 the pool: r for GET, HEAD and listings, w for PUT (a bucket or an object), d for DELETE.
 
 Operations: ListBuckets (the requester's), CreateBucket (LocationConstraint: the gateway's
@@ -67,7 +68,7 @@ from shoal.gateway.common import (
 )
 from shoal.gateway.s3keys import S3Keys, UnknownAccessKey
 from shoal.index import MD5_META, Entry, Index, IndexUnavailable, md5_of
-from shoal.proto.s3 import responses, sigv4
+from shoal.proto.s3 import responses, sigv2, sigv4
 from shoal.proto.s3.checksums import BodyCheck, Digests
 from shoal.proto.s3.chunked import ChunkedDecoder
 from shoal.proto.s3.conditions import byte_range, check_read, check_write
@@ -125,6 +126,7 @@ class _Req:
     params: dict[str, str]  # the query, decoded
     bucket: str
     key: str
+    vhost: bool = False  # the bucket came from the Host header
 
     @property
     def resource(self) -> str:
@@ -282,17 +284,17 @@ class S3Gateway:
             params = dict(sigv4.Request("", "", query).params())
         except UnicodeDecodeError:
             raise S3Error("InvalidURI", "Couldn't parse the specified URI.", status=400) from None
-        bucket = ""
+        bucket, vhost = "", False
         host = hmap.get("host", "").lower()
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         if self.domain and name.endswith("." + self.domain):
-            bucket = name[: -len(self.domain) - 1]
+            bucket, vhost = name[: -len(self.domain) - 1], True
             key = path[1:]
         else:
             bucket, _, key = path[1:].partition("/")
         if "\x00" in key or "\x00" in bucket:
             raise S3Error("InvalidURI", "Couldn't parse the specified URI.", status=400)
-        req = _Req(scope["method"], raw_path, query, headers, hmap, params, bucket, key)
+        req = _Req(scope["method"], raw_path, query, headers, hmap, params, bucket, key, vhost)
         if key:
             check_key(key)
         return req
@@ -301,14 +303,7 @@ class S3Gateway:
         request = sigv4.Request(req.method, req.raw_path, req.query, req.headers)
         creds = sigv4.parse(request)
         if creds is None:
-            auth = req.hmap.get("authorization", "")
-            if auth.startswith("AWS ") or "Signature" in req.params:
-                raise S3Error(
-                    "InvalidRequest",
-                    "The authorization mechanism you have provided is not supported. "
-                    "Please use AWS4-HMAC-SHA256.",
-                )
-            raise S3Error("AccessDenied", "Anonymous access is not allowed (yet): sign requests")
+            return await self._authenticate_v2(req, request)
         grant: S3Grant | None = None
         refused: str | None = None
         try:
@@ -329,6 +324,32 @@ class S3Gateway:
         ctx = sigv4.verify(request, signing_key, now=time.time(), region=self.region)
         assert ctx is not None and grant is not None
         return grant, ctx
+
+    async def _authenticate_v2(
+        self, req: _Req, request: sigv4.Request
+    ) -> tuple[S3Grant, sigv4.Context]:
+        """SigV2 (header or query): each string to sign is signed by the master (SigV2 signs
+        with the secret itself), until one matches."""
+        resource = "/" + req.bucket + req.raw_path if req.vhost else None
+        if resource is None and req.bucket and not req.key and not req.raw_path.endswith("/"):
+            resource = req.raw_path + "/"  # (a bucket's resource ends in '/', as AWS signs it)
+        claim = sigv2.prepare(request, now=time.time(), resource=resource)
+        if claim is None:
+            raise S3Error("AccessDenied", "Anonymous access is not allowed (yet): sign requests")
+        for text in claim.strings_to_sign:
+            try:
+                grant = await self.keys.sign_v2(claim.access_key, text)
+            except UnknownAccessKey:
+                raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=claim.access_key) from None
+            except Forbidden as exc:
+                log.error("this gateway's key may not check S3 signatures: %s", exc)
+                raise S3Error("InternalError", "The gateway may not check signatures.") from None
+            if claim.matches(grant.value):
+                presigned = "Signature" in req.params
+                ctx = sigv4.Context(claim.access_key, self.region, "", "", "", b"",
+                                    sigv4.Payload.UNSIGNED, None, presigned)  # fmt: skip
+                return grant, ctx
+        raise claim.mismatch()
 
     # -- routing -----------------------------------------------------------------------------
 
