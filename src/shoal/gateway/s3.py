@@ -53,6 +53,7 @@ from shoal.errors import (
     Forbidden,
     InvalidArgument,
     NoSpace,
+    NotAuthenticated,
     NotFound,
     OutcomeUnknown,
     Unavailable,
@@ -524,7 +525,9 @@ class S3Gateway:
             version = await self.client.delete(self.pool, name)
         except NotFound:
             version = hidden.version if hidden is not None else None
-        except BaseException:
+        except (Forbidden, InvalidArgument, NotAuthenticated, NoDaemon):
+            # refused before anything changed: listed again (after a failure that may have
+            # deleted it on some daemons it stays unlisted, as the HTTP gateway leaves it)
             if hidden is not None:
                 with contextlib.suppress(IndexUnavailable):
                     await self.index.restore(self.pool, name, hidden)
