@@ -8,7 +8,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from shoal.cli.common import (
@@ -40,16 +40,21 @@ async def _pool_exists(client: Any, pool: str) -> None:
         raise InvalidArgument(f"there is no pool {pool!r} (`shoal pool create {pool}` makes it)")
 
 
-def cmd_http(args: argparse.Namespace) -> int:
+def _serve(
+    args: argparse.Namespace,
+    make_app: Callable[[Any, Any, Any], Any],
+    listening: Callable[[str, int, Any], str],
+) -> int:
+    """Serve a gateway until SIGTERM or SIGINT: its index opened (a bad URL refused before
+    anything starts), its pool checked, the app `make_app(client, index, request_log)` served
+    on --host:--port, and the line `listening(host, port, index)` printed once it listens."""
     from shoal.asgi import start_http, stop_http
     from shoal.daemon.main import run_service
-    from shoal.gateway.auth import KeyCheck, auth_required
     from shoal.gateway.common import RequestLog
-    from shoal.gateway.http import HttpGateway
     from shoal.index import open_index
     from shoal.memory import keep_heap
 
-    index = open_index(args.index)  # (a bad URL is refused before anything starts)
+    index = open_index(args.index)
     keep_heap()
     client = _client(args)
     request_log = None if args.log == "off" else RequestLog(args.log)
@@ -63,17 +68,9 @@ def cmd_http(args: argparse.Namespace) -> int:
         try:
             await index.open()
             await _pool_exists(client, args.pool)
-            keys = auth_required(args.host, args.no_auth)
-            app = HttpGateway(
-                client, index, args.pool, redirect=args.redirect, request_log=request_log,
-                idle_timeout=args.idle_timeout,
-                auth=KeyCheck(client.authenticate, args.pool) if keys else None,
-            )  # fmt: skip
+            app = make_app(client, index, request_log)
             server, (host, port) = await start_http(app, f"{args.host}:{args.port}")
-            mode = "redirect" if args.redirect else "proxy"
-            who = "keys required" if keys else "open: no keys"
-            print(f"shoal http listening on {host}:{port} (pool {args.pool}, index "
-                  f"{index.url}, GET by {mode}, {who})", flush=True)  # fmt: skip
+            print(listening(host, port, index), flush=True)
             await stop.wait()
         finally:
             if server is not None:
@@ -84,49 +81,46 @@ def cmd_http(args: argparse.Namespace) -> int:
                 request_log.close()
 
     return run_service(serve())
+
+
+def cmd_http(args: argparse.Namespace) -> int:
+    from shoal.gateway.auth import KeyCheck, auth_required
+    from shoal.gateway.http import HttpGateway
+
+    keys = auth_required(args.host, args.no_auth)
+
+    def make_app(client: Any, index: Any, request_log: Any) -> Any:
+        return HttpGateway(
+            client, index, args.pool, redirect=args.redirect, request_log=request_log,
+            idle_timeout=args.idle_timeout,
+            auth=KeyCheck(client.authenticate, args.pool) if keys else None,
+        )  # fmt: skip
+
+    def listening(host: str, port: int, index: Any) -> str:
+        mode = "redirect" if args.redirect else "proxy"
+        who = "keys required" if keys else "open: no keys"
+        return (f"shoal http listening on {host}:{port} (pool {args.pool}, index "
+                f"{index.url}, GET by {mode}, {who})")  # fmt: skip
+
+    return _serve(args, make_app, listening)
 
 
 def cmd_s3(args: argparse.Namespace) -> int:
-    from shoal.asgi import start_http, stop_http
-    from shoal.daemon.main import run_service
-    from shoal.gateway.common import RequestLog
     from shoal.gateway.s3 import S3Gateway
     from shoal.gateway.s3keys import S3Keys
-    from shoal.index import open_index
-    from shoal.memory import keep_heap
 
-    index = open_index(args.index)  # (a bad URL is refused before anything starts)
-    keep_heap()
-    client = _client(args)
-    request_log = None if args.log == "off" else RequestLog(args.log)
+    def make_app(client: Any, index: Any, request_log: Any) -> Any:
+        return S3Gateway(
+            client, index, args.pool, S3Keys.of(client), region=args.region,
+            domain=args.domain, request_log=request_log, idle_timeout=args.idle_timeout,
+        )  # fmt: skip
 
-    async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        server = None
-        try:
-            await index.open()
-            await _pool_exists(client, args.pool)
-            app = S3Gateway(
-                client, index, args.pool, S3Keys.of(client), region=args.region,
-                domain=args.domain, request_log=request_log, idle_timeout=args.idle_timeout,
-            )  # fmt: skip
-            server, (host, port) = await start_http(app, f"{args.host}:{args.port}")
-            vhost = f", virtual hosts BUCKET.{args.domain}" if args.domain else ""
-            print(f"shoal s3 listening on {host}:{port} (pool {args.pool}, index {index.url}, "
-                  f"region {args.region}{vhost})", flush=True)  # fmt: skip
-            await stop.wait()
-        finally:
-            if server is not None:
-                await stop_http(server)
-            await client.close()
-            await index.close()
-            if request_log is not None:
-                request_log.close()
+    def listening(host: str, port: int, index: Any) -> str:
+        vhost = f", virtual hosts BUCKET.{args.domain}" if args.domain else ""
+        return (f"shoal s3 listening on {host}:{port} (pool {args.pool}, index {index.url}, "
+                f"region {args.region}{vhost})")  # fmt: skip
 
-    return run_service(serve())
+    return _serve(args, make_app, listening)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
