@@ -466,53 +466,46 @@ class LocalCluster:
 
     def start_http(self, stop: Callable[[], bool] = lambda: False) -> str:
         """The HTTP gateway over the pool `default` (once the cluster is ready); its address."""
-        port = [self.http_port]
-
-        def argv() -> list[str]:
-            return _shoal(
-                "http", "--port", str(port[0]), "--config", str(self.config_path),
-                "--index", f"sqlite:///{(self.data / 'index.db').resolve()}",
-                "--log", str(self.data / "http.log"),
-            )  # fmt: skip
-
-        def ready(m: re.Match[str]) -> None:
-            self.http_address = m.group(1)
-            port[0] = int(self.http_address.rsplit(":", 1)[1])
-
-        self.http = self.sup.add(Child("http", argv, self.data / "http.err", _HTTP, ready))
-        self.sup.spawn(self.http)
-        try:
-            self.sup.wait_ready([self.http], stop)
-        except ShoalError as exc:
-            raise ShoalError(
-                f"the HTTP gateway (port {self.http_port}; --http-port chooses another): {exc}"
-            ) from None
+        self.http, self.http_address = self._gateway(
+            "http", self.http_port, _HTTP, "the HTTP gateway", "--http-port", stop
+        )
         return self.http_address
 
     def start_s3(self, stop: Callable[[], bool] = lambda: False) -> str:
         """The S3 gateway over the pool `default` and the HTTP gateway's index; its address."""
-        port = [self.s3_port]
+        self.s3, self.s3_address = self._gateway(
+            "s3", self.s3_port, _S3, "the S3 gateway", "--s3-port", stop
+        )
+        return self.s3_address
+
+    def _gateway(
+        self, kind: str, want: int, pattern: re.Pattern[str], what: str, flag: str,
+        stop: Callable[[], bool],
+    ) -> tuple[Child, str]:  # fmt: skip
+        """`shoal KIND` over the pool `default`, with the index in DATA/index.db and its
+        request log in DATA/KIND.log, started and waited for; the child and its address (a
+        restart keeps the port it got)."""
+        port = [want]
 
         def argv() -> list[str]:
             return _shoal(
-                "s3", "--port", str(port[0]), "--config", str(self.config_path),
+                kind, "--port", str(port[0]), "--config", str(self.config_path),
                 "--index", f"sqlite:///{(self.data / 'index.db').resolve()}",
-                "--log", str(self.data / "s3.log"),
+                "--log", str(self.data / f"{kind}.log"),
             )  # fmt: skip
 
         def ready(m: re.Match[str]) -> None:
-            self.s3_address = m.group(1)
-            port[0] = int(self.s3_address.rsplit(":", 1)[1])
+            port[0] = int(m.group(1).rsplit(":", 1)[1])
 
-        self.s3 = self.sup.add(Child("s3", argv, self.data / "s3.err", _S3, ready))
-        self.sup.spawn(self.s3)
+        child = self.sup.add(Child(kind, argv, self.data / f"{kind}.err", pattern, ready))
+        self.sup.spawn(child)
         try:
-            self.sup.wait_ready([self.s3], stop)
+            self.sup.wait_ready([child], stop)
         except ShoalError as exc:
-            raise ShoalError(
-                f"the S3 gateway (port {self.s3_port}; --s3-port chooses another): {exc}"
-            ) from None
-        return self.s3_address
+            raise ShoalError(f"{what} (port {want}; {flag} chooses another): {exc}") from None
+        m = pattern.search(child.out.decode(errors="replace"))
+        assert m is not None
+        return child, m.group(1)
 
     # -- running and stopping ------------------------------------------------------------
 
