@@ -117,3 +117,66 @@ async def test_a_streamed_upload_is_striped_without_holding_it(cluster: MasterPr
             await c.put_stream("p", "short", 3 * STRIPE, short())
         with pytest.raises(NotFound):
             await c.stat("p", "short")
+
+
+async def _stripe_exists(c: ClusterClient, sname: str) -> bool:
+    try:
+        await c._on_primary("p", sname, lambda d: d.stat(stripe_namespace("p"), sname))
+    except NotFound:
+        return False
+    return True
+
+
+@pytest.mark.asyncio
+async def test_an_object_composed_of_segments_moves_no_data(cluster: MasterProcess) -> None:
+    """S3 multipart's ground: segments stored as stripes alone, then one head that names
+    them makes the object; reads cross their borders; a replaced object takes them along."""
+    bodies = [data("seg0", STRIPE + 5), data("seg1", 3 * STRIPE // 2), data("seg2", 1000)]
+
+    async def chunks(b: bytes) -> AsyncIterator[bytes]:
+        for i in range(0, len(b), 1 << 20):
+            yield b[i : i + (1 << 20)]
+
+    async with cluster.client_for() as c:
+        await _ready(c, 4)
+        c.grace = 0.3
+        segs = [
+            await c.put_segment("p", f".up/x/{i}", len(b), chunks(b)) for i, b in enumerate(bodies)
+        ]
+        assert [s.size for s in segs] == [len(b) for b in bodies]
+        assert [s.hash for s in segs] == [digest(b) for b in bodies]
+        with pytest.raises(NotFound):  # no object yet: stripes alone
+            await c.stat("p", "obj")
+        whole = b"".join(bodies)
+        key = await c.put_composed("p", "obj", segs, meta={"etag": "x-3"})
+        assert key.size == len(whole)
+        info = await c.stat("p", "obj")
+        assert info.size == len(whole) and info.meta["etag"] == "x-3"
+        assert await c.get("p", "obj") == whole
+        at = len(bodies[0]) - 7  # a range over both borders
+        assert (
+            await c.get("p", "obj", offset=at, length=len(bodies[1]) + 20)
+            == whole[at : at + len(bodies[1]) + 20]
+        )
+        reader = await c.open("p", "obj")
+        got = b"".join([bytes(p) async for p in reader.pieces(len(whole) - 1500)])
+        assert got == whole[-1500:]
+        assert [(i.name, i.size) async for i in c.list("p")] == [("obj", len(whole))]
+
+        # a bad size on the way in stores nothing
+        with pytest.raises(ValueError):
+            await c.put_segment("p", ".up/x/bad", STRIPE * 2, chunks(bodies[0]))
+
+        # replacing the object deletes every segment's stripes (after the grace)
+        first = segs[0].stripe_name(0)
+        last = segs[2].stripe_name(0)
+        assert await _stripe_exists(c, first) and await _stripe_exists(c, last)
+        await c.put("p", "obj", b"small now")
+        await asyncio.sleep(1.0)
+        assert not await _stripe_exists(c, first) and not await _stripe_exists(c, last)
+
+        # a segment dropped before it is used leaves nothing
+        spare = await c.put_segment("p", ".up/x/spare", 10, chunks(b"0123456789"))
+        assert await _stripe_exists(c, spare.stripe_name(0))
+        await c.drop_segment("p", spare)
+        assert not await _stripe_exists(c, spare.stripe_name(0))

@@ -17,7 +17,14 @@ import os
 import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, TypeVar
 
@@ -30,6 +37,7 @@ from shoal.client.stripes import (
     PARALLEL,
     STRIPE,
     Head,
+    Segment,
     digest,
     stripe_namespace,
     stripes_of,
@@ -373,7 +381,7 @@ class ClusterClient:
             return key
         mv = memoryview(data).cast("B")
         head = Head.new(len(mv), digest(mv))
-        await self._put_stripes(pool, name, head, _slices(mv, head))
+        await self._put_stripes(pool, head.segments(name)[0], _slices(mv, head))
         return await self._put_head(pool, name, head, meta)
 
     async def put_stream(
@@ -412,6 +420,52 @@ class ClusterClient:
             else:
                 return await self.put(pool, name, first, meta=final_meta())
         head = Head.new(size or 0, b"")
+        seg = await self._put_run(pool, head.segments(name)[0], first, it, size)
+        done = replace(head, size=seg.size, count=seg.count, hash=seg.hash)
+        try:
+            final = final_meta()
+        except BaseException:
+            await self._drop(pool, seg.stripe_names())
+            raise
+        return await self._put_head(pool, name, done, final)
+
+    async def put_segment(
+        self, pool: str, base: str, size: int | None, chunks: AsyncIterator[bytes | memoryview]
+    ) -> Segment:
+        """Store the bytes taken from `chunks` as stripes only, named after `base`: a segment
+        that no object is yet made of (put_composed makes one of segments; drop_segment
+        deletes it). As put_stream: `size` of them or as many as come, and if `chunks`
+        raises, or gives another count than `size`, nothing is stored."""
+        return await self._put_run(pool, Segment.new(base), b"", aiter(chunks), size)
+
+    async def put_composed(
+        self, pool: str, name: str, parts: Sequence[Segment], *,
+        meta: Mapping[str, str] | None = None,
+    ) -> ObjKey:  # fmt: skip
+        """Make `name` the object that is `parts` end to end (segments from put_segment, each
+        in one object only), with `meta`: one small write, the commit point; no data moves.
+        The object replaced, if any, goes as a put's does. If this is refused, the segments
+        are left as they were."""
+        head = Head.composed(tuple(parts))
+        return await self._put_head(pool, name, head, meta, drop_refused=False)
+
+    async def drop_segment(self, pool: str, seg: Segment) -> None:
+        """Delete a segment's stripes (best effort: a leftover is garbage, not harm)."""
+        await self._drop(pool, seg.stripe_names())
+
+    async def head_of(self, pool: str, name: str) -> Head | None:
+        """The head of `name` if it is striped or composed, None if it is stored whole;
+        NotFound if there is no such object."""
+        info, raw = await self._on_replicas(pool, name, lambda c: c.get_with_info(pool, name))
+        return Head.decode(raw) if HEAD_REF in info.refs else None
+
+    async def _put_run(
+        self, pool: str, seg: Segment, first: bytes | bytearray,
+        it: AsyncIterator[bytes | memoryview], size: int | None,
+    ) -> Segment:  # fmt: skip
+        """Stripe `first` and then what `it` gives into `seg`'s stripes; `seg` with its
+        size and BLAKE3. Nothing is left stored if `it` raises or gives another count than
+        `size` (ValueError)."""
         hasher = blake3.blake3()
         got = 0
 
@@ -436,17 +490,12 @@ class ClusterClient:
                 got += fill
                 yield i, piece[:fill]
 
-        await self._put_stripes(pool, name, head, stripes())
+        await self._put_stripes(pool, seg, stripes())
+        done = replace(seg, size=got, stripe=STRIPE, hash=hasher.digest())
         if size is not None and got != size:
-            await self._drop_stripes(pool, name, head, -(-got // STRIPE))
+            await self._drop(pool, done.stripe_names())
             raise ValueError(f"the source gave {got} of the announced {size} bytes")
-        done = replace(head, size=got, count=-(-got // STRIPE), hash=hasher.digest())
-        try:
-            final = final_meta()
-        except BaseException:
-            await self._drop_stripes(pool, name, head, done.count)
-            raise
-        return await self._put_head(pool, name, done, final)
+        return done
 
     async def put_file(
         self, pool: str, name: str, f: BinaryIO, *, progress: Callable[[int], None] | None = None,
@@ -465,8 +514,7 @@ class ClusterClient:
     async def _put_stripes(
         self,
         pool: str,
-        name: str,
-        head: Head,
+        seg: Segment,
         pieces: AsyncIterator[tuple[int, bytes | bytearray | memoryview]],
     ) -> None:
         ns, busy = stripe_namespace(pool), asyncio.Semaphore(PARALLEL)
@@ -474,7 +522,7 @@ class ClusterClient:
         try:
             async for i, piece in pieces:
                 await busy.acquire()
-                sname = head.stripe_name(name, i)
+                sname = seg.stripe_name(i)
 
                 async def one(
                     sname: str = sname, piece: bytes | bytearray | memoryview = piece
@@ -494,12 +542,13 @@ class ClusterClient:
             # not cancelled: a put already on the wire may still be stored after its delete
             # (which finds nothing), leaving a stripe behind; the deletes come after them
             await asyncio.gather(*tasks, return_exceptions=True)
-            await self._drop_stripes(pool, name, head, len(tasks))  # nothing half-stored
+            await self._drop(pool, [seg.stripe_name(i) for i in range(len(tasks))])
             raise
 
     async def _put_head(
-        self, pool: str, name: str, head: Head, meta: Mapping[str, str] | None = None
-    ) -> ObjKey:
+        self, pool: str, name: str, head: Head, meta: Mapping[str, str] | None = None,
+        drop_refused: bool = True,
+    ) -> ObjKey:  # fmt: skip
         # Not sent twice: a second try after a lost answer could put this head back after
         # another writer replaced it and deleted its stripes. The caller hears OutcomeUnknown.
         # The object's metadata is the head's.
@@ -509,7 +558,8 @@ class ClusterClient:
                 meta=meta,
             ))  # fmt: skip
         except InvalidArgument:  # (refused: metadata too large, say) nothing half-stored
-            await self._drop_stripes(pool, name, head, head.count)
+            if drop_refused:
+                await self._drop_head(pool, name, head)
             raise
         if prev is not None and (old := Head.decode(prev)).wid != head.wid:
             self._retire(pool, name, old)
@@ -533,22 +583,25 @@ class ClusterClient:
 
     def _dropping_now(self, pool: str, name: str, head: Head) -> asyncio.Task[None]:
         """The deletion of `head`'s stripes, as a task `close` waits for (never cut short)."""
-        t = asyncio.ensure_future(self._drop_stripes(pool, name, head, head.count))
+        t = asyncio.ensure_future(self._drop_head(pool, name, head))
         self._dropping.add(t)
         t.add_done_callback(self._dropping.discard)
         return t
 
-    async def _drop_stripes(self, pool: str, name: str, head: Head, count: int) -> None:
-        """Delete stripes 0..count-1 of `head` (best effort: a leftover is garbage, not harm)."""
+    async def _drop_head(self, pool: str, name: str, head: Head) -> None:
+        """Delete every stripe of `head`'s object (of each of its segments)."""
+        await self._drop(pool, [s for seg in head.segments(name) for s in seg.stripe_names()])
+
+    async def _drop(self, pool: str, snames: Sequence[str]) -> None:
+        """Delete these stripes (best effort: a leftover is garbage, not harm)."""
         ns, busy = stripe_namespace(pool), asyncio.Semaphore(PARALLEL)
 
-        async def one(i: int) -> None:
-            sname = head.stripe_name(name, i)
+        async def one(sname: str) -> None:
             async with busy:
                 with contextlib.suppress(ShoalError, ConnectionError):
                     await self._on_primary(pool, sname, lambda c: c.delete(ns, sname))
 
-        await asyncio.gather(*(one(i) for i in range(count)))
+        await asyncio.gather(*(one(s) for s in snames))
 
     async def _head(self, pool: str, name: str, missing_ok: bool = False) -> Head | None:
         """The head of `name` if it is striped (None if it is not, or is missing_ok). Its
@@ -602,29 +655,39 @@ class ClusterClient:
         self, pool: str, name: str, head: Head, offset: int, n: int, ahead: int = PARALLEL
     ) -> AsyncGenerator[memoryview, None]:
         """Bytes [offset, offset + n) of a striped object, stripe by stripe in order, with up
-        to `ahead` stripes fetched ahead. The whole object is checked against its BLAKE3 (at
-        the end: IntegrityError after the last piece)."""
+        to `ahead` stripes fetched ahead. Each segment read whole (the whole object, for a
+        striped one) is checked against its BLAKE3 (IntegrityError after its last piece)."""
         ns = stripe_namespace(pool)
-        hasher = blake3.blake3() if offset == 0 and n == head.size else None
+        segments = head.segments(name)
         self._reading[head.wid] += 1  # (its stripes are not deleted while it reads)
 
-        def fetch(i: int, start: int, count: int) -> asyncio.Task[bytes]:
-            sname = head.stripe_name(name, i)
+        def fetch(k: int, i: int, start: int, count: int) -> asyncio.Task[bytes]:
+            sname = segments[k].stripe_name(i)
             return asyncio.ensure_future(self._on_replicas(
                 pool, sname, lambda c: c.get(ns, sname, offset=start, length=count)
             ))  # fmt: skip
 
-        parts = stripes_of(head, offset, n)
+        parts = stripes_of(segments, offset, n)
         fetching: list[asyncio.Task[bytes]] = []
+        hashing: tuple[int, Any] | None = None  # (segment, its hasher) while one is read whole
         try:
-            for k, (i, _, count) in enumerate(parts):
-                while len(fetching) < ahead and k + len(fetching) < len(parts):
-                    fetching.append(fetch(*parts[k + len(fetching)]))
+            for j, (k, i, start, count) in enumerate(parts):
+                while len(fetching) < ahead and j + len(fetching) < len(parts):
+                    fetching.append(fetch(*parts[j + len(fetching)]))
                 piece = await fetching.pop(0)
                 if len(piece) != count:
                     raise IntegrityError(f"{pool}/{name}: stripe {i} is short")
-                if hasher is not None:
-                    hasher.update(piece)
+                if i == 0 and start == 0:
+                    hashing = (k, blake3.blake3())  # (whole, if it runs to its end)
+                if hashing is not None and hashing[0] == k:
+                    hashing[1].update(piece)
+                    seg = segments[k]
+                    if start + count == seg.size - i * seg.stripe:  # its last byte
+                        if hashing[1].digest() != seg.hash:
+                            what = "its stripes" if not head.parts else f"its part {k + 1}"
+                            raise IntegrityError(f"{pool}/{name}: {what} do not hash to its "
+                                                 "BLAKE3")  # fmt: skip
+                        hashing = None
                 yield memoryview(piece)
         finally:
             for t in fetching:
@@ -632,8 +695,6 @@ class ClusterClient:
             self._reading[head.wid] -= 1
             if not self._reading[head.wid]:
                 del self._reading[head.wid]
-        if hasher is not None and hasher.digest() != head.hash:
-            raise IntegrityError(f"{pool}/{name}: its stripes do not hash to its BLAKE3")
 
     async def open(self, pool: str, name: str) -> ObjectReader:
         """An object to read in pieces (a gateway's GET): one round trip for an object of one
