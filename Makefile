@@ -3,7 +3,7 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-APT_TEST_PKGS := util-linux curl iproute2 redis-server postgresql
+APT_TEST_PKGS := util-linux curl iproute2 redis-server postgresql rclone
 APT_BENCH_PKGS := fio nginx-extras wrk
 
 .PHONY: install install-test install-bench up test lint bench clean
@@ -20,7 +20,8 @@ APT := $(if $(filter 0,$(shell id -u)),,sudo )apt-get
 
 install-test: $(BIN)/python
 	@command -v losetup >/dev/null && command -v curl >/dev/null && command -v ss >/dev/null \
-		&& command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		&& command -v redis-server >/dev/null && command -v rclone >/dev/null \
+		&& ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 		|| ($(APT) update -qq && $(APT) install -y -qq $(APT_TEST_PKGS))
 	$(BIN)/pip install -q -e '.[test]'
 
