@@ -64,7 +64,7 @@ def _serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        server = None
+        server, app = None, None  # type: Any, Any
         try:
             await index.open()
             await _pool_exists(client, args.pool)
@@ -75,6 +75,8 @@ def _serve(
         finally:
             if server is not None:
                 await stop_http(server)
+            if hasattr(app, "aclose"):
+                await app.aclose()
             await client.close()
             await index.close()
             if request_log is not None:
@@ -113,6 +115,7 @@ def cmd_s3(args: argparse.Namespace) -> int:
         return S3Gateway(
             client, index, args.pool, S3Keys.of(client), region=args.region,
             domain=args.domain, request_log=request_log, idle_timeout=args.idle_timeout,
+            multipart_expiry=args.multipart_expiry * 3600,
         )  # fmt: skip
 
     def listening(host: str, port: int, index: Any) -> str:
@@ -199,6 +202,10 @@ def register(top: Any) -> None:
         "--domain", help="serve virtual-host-style requests too: Host BUCKET.DOMAIN",
     )  # fmt: skip
     v.add_argument("--region", default="us-east-1", help="the region clients sign for")
+    v.add_argument(
+        "--multipart-expiry", type=float, default=24.0, metavar="HOURS",
+        help="a multipart upload neither completed nor aborted for this long is cleaned up",
+    )  # fmt: skip
     v.add_argument(
         "--idle-timeout", type=float, default=60.0, metavar="SECONDS",
         help="a client that sends nothing of its body, or takes nothing of a reply, for this "

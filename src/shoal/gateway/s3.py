@@ -17,10 +17,12 @@ the secrets). Anonymous requests are refused (AccessDenied). A request needs its
 the pool: r for GET, HEAD and listings, w for PUT (a bucket or an object), d for DELETE.
 
 Operations: ListBuckets (the requester's), CreateBucket (LocationConstraint: the gateway's
-region), HeadBucket, DeleteBucket (BucketNotEmpty), GetBucketLocation, GetBucketVersioning
-(never enabled, as yet); PutObject, GetObject (a single range, conditions, response-*
-overrides), HeadObject, DeleteObject (204 whatever there was); ListObjects v1 and v2.
-Everything else S3 has (multipart, copy, tagging, ACLs, versioning, ...) is NotImplemented.
+region), HeadBucket, DeleteBucket (BucketNotEmpty; uploads under way end with it),
+GetBucketLocation, GetBucketVersioning (never enabled, as yet); PutObject, GetObject (a single
+range, conditions, response-* overrides), HeadObject, DeleteObject (204 whatever there was),
+CopyObject (streamed through the gateway), DeleteObjects; ListObjects v1 and v2; multipart
+uploads (shoal.gateway.s3multipart: a completion is one head naming the parts' stripes).
+Everything else S3 has (tagging, ACLs, versioning, ...) is NotImplemented.
 
 The data path is the HTTP gateway's (shoal.gateway.common): bodies streamed with bounded
 memory through ClusterClient.put_stream and open(); a PUT's body is decoded and checked as it
@@ -37,18 +39,19 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
 import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from shoal.asgi import Receive, Scope, Send
 from shoal.client.client import ObjectInfo
-from shoal.client.cluster import ClusterClient, NoDaemon, S3Grant
+from shoal.client.cluster import ClusterClient, NoDaemon, ObjectReader, S3Grant
 from shoal.errors import (
     Forbidden,
     InvalidArgument,
@@ -68,14 +71,15 @@ from shoal.gateway.common import (
     stream_reply,
 )
 from shoal.gateway.s3keys import S3Keys, UnknownAccessKey
+from shoal.gateway.s3multipart import EXPIRY, MIN_PART, Multipart
 from shoal.index import MD5_META, Entry, Index, IndexUnavailable, md5_of
 from shoal.proto.s3 import responses, sigv2, sigv4
 from shoal.proto.s3.checksums import BodyCheck, Digests
 from shoal.proto.s3.chunked import ChunkedDecoder
-from shoal.proto.s3.conditions import byte_range, check_read, check_write
+from shoal.proto.s3.conditions import byte_range, check_copy_source, check_read, check_write
 from shoal.proto.s3.errors import S3Error
-from shoal.proto.s3.names import check_bucket, check_key, user_metadata
-from shoal.proto.s3.xml import parse_location
+from shoal.proto.s3.names import check_bucket, check_key, copy_range, copy_source, user_metadata
+from shoal.proto.s3.xml import parse_delete, parse_location
 
 log = logging.getLogger("shoal.s3")
 
@@ -87,6 +91,7 @@ MAX_SMALL_BODY = 64 << 10  # a request body that is not an object's (CreateBucke
 LIST_MAX = 1000
 DRAIN_MAX = 64 << 20  # bytes of a refused body read to its end so that the client hears why
 DRAIN_FOR = 10.0  # seconds given to that
+MAX_OBJECT = 5 << 30  # bytes of one PUT (S3's limit; larger objects are multipart uploads)
 DEFAULT_TYPE = "binary/octet-stream"  # S3's Content-Type for an object stored without one
 
 # the standard headers kept with an object and given back by GET and HEAD
@@ -96,6 +101,8 @@ STORED_HEADERS = (
 )  # fmt: skip
 OWNER_META = "owner"  # (object and bucket metadata) the access key that wrote it
 CHECKSUM_META = "x-amz-checksum-"  # + algorithm: the checksum the client sent, base64
+ETAG_META = "s3-etag"  # an ETag that is not the MD5 of the bytes (a multipart upload's)
+DIRECTIVES = ("COPY", "REPLACE")
 
 # query names that ask for something other than the plain operation (not implemented yet)
 SUBRESOURCES = frozenset({
@@ -116,7 +123,7 @@ OVERRIDES = {
 
 
 @dataclass
-class _Req:
+class S3Req:
     """One request, as the routing and the checks need it."""
 
     method: str
@@ -134,7 +141,7 @@ class _Req:
         return "/" + self.bucket + ("/" + self.key if self.key else "")
 
 
-class _Exchange(Exchange):
+class S3Exchange(Exchange):
     """An S3 reply: x-amz-request-id and x-amz-id-2 on every answer."""
 
     __slots__ = ("code", "ids", "reading")
@@ -175,6 +182,68 @@ class _Intake:
         return digests, digests.checksum or trailing
 
 
+class Incoming:
+    """A body on its way in (S3Gateway.incoming): `size` bytes taken by `chunks()`, decoded
+    and checked as they go; once they are all taken (and checked: a refusal raises from
+    `chunks()` before it ends), `digests` and `checksum` (the one sent, header or trailer).
+    `after` is awaited then too (a PUT's conditions, checked again)."""
+
+    def __init__(
+        self, x: S3Exchange, receive: Receive, size: int, intake: _Intake, idle: float,
+        after: Callable[[], Awaitable[None]] | None,
+    ) -> None:  # fmt: skip
+        self.x, self.receive, self.size, self.intake = x, receive, size, intake
+        self.idle, self.after = idle, after
+        self.digests = Digests(b"", None)
+        self.checksum: tuple[str, str] | None = None
+
+    async def chunks(self) -> AsyncIterator[bytes | memoryview]:
+        batch: list[bytes] = []
+        held = 0
+        self.x.reading = True
+        async for piece in receive_body(self.x, self.receive, self.size, self.idle):
+            batch.append(piece)
+            held += len(piece)
+            if held >= OFF_LOOP:
+                for part in await asyncio.to_thread(self.intake.take, batch):
+                    yield part
+                batch, held = [], 0
+        for part in self.intake.take(batch):
+            yield part
+        self.digests, self.checksum = self.intake.finish()  # (raises: nothing is stored)
+        if self.after is not None:
+            await self.after()
+
+
+@dataclass
+class Source:
+    """The object a copy reads (S3Gateway.copy_source): `length` bytes from `first`."""
+
+    bucket: str
+    key: str
+    name: str
+    reader: ObjectReader
+    etag: str
+    first: int
+    length: int
+
+    @property
+    def info(self) -> ObjectInfo:
+        return self.reader.info
+
+    @staticmethod
+    def md5() -> Any:
+        return hashlib.md5(usedforsecurity=False)
+
+    async def pieces(self, md5: Any) -> AsyncIterator[memoryview]:
+        """Its bytes, `md5` fed with them."""
+        pieces = self.reader.pieces(self.first, self.length, ahead=READ_AHEAD)
+        async with contextlib.aclosing(pieces):
+            async for piece in pieces:
+                md5.update(piece)
+                yield piece
+
+
 class S3Gateway:
     """The ASGI application: S3 over `pool`, listed from `index`, keys checked by `keys`."""
 
@@ -189,12 +258,15 @@ class S3Gateway:
         domain: str | None = None,
         request_log: RequestLog | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
+        min_part: int = MIN_PART,
+        multipart_expiry: float = EXPIRY,
     ) -> None:
         self.client, self.index, self.pool, self.keys = client, index, pool, keys
         self.region, self.domain = region, (domain or "").lower().strip(".") or None
         self.log, self.idle = request_log, idle_timeout
         self._ids = itertools.count(int.from_bytes(os.urandom(5)) << 24)
         self._host = base64.b64encode(os.urandom(24)).decode()
+        self.multipart = Multipart(self, min_part=min_part, expiry=multipart_expiry)
 
     # -- the exchange ------------------------------------------------------------------------
 
@@ -203,10 +275,10 @@ class S3Gateway:
             return
         t0 = time.perf_counter()
         rid = f"{next(self._ids):016X}"
-        x = _Exchange(send, [(b"x-amz-request-id", rid.encode()),
+        x = S3Exchange(send, [(b"x-amz-request-id", rid.encode()),
                              (b"x-amz-id-2", self._host.encode())])  # fmt: skip
         method = scope["method"]
-        req: _Req | None = None
+        req: S3Req | None = None
         access = ""
         try:
             req = self._request(scope)
@@ -238,7 +310,7 @@ class S3Gateway:
                     method, what, x.status, x.nbytes, time.perf_counter() - t0, remote, extra
                 )
 
-    def _s3_error(self, exc: Exception, method: str, req: _Req | None) -> S3Error:
+    def _s3_error(self, exc: Exception, method: str, req: S3Req | None) -> S3Error:
         if isinstance(exc, S3Error):
             return exc
         text = str(exc) or type(exc).__name__
@@ -261,7 +333,7 @@ class S3Gateway:
         return S3Error("InternalError")
 
     async def _send_error(
-        self, x: _Exchange, error: S3Error, req: _Req | None, rid: str, head: bool
+        self, x: S3Exchange, error: S3Error, req: S3Req | None, rid: str, head: bool
     ) -> None:
         headers = [(b"content-type", b"application/xml")]
         if error.status == 503:
@@ -274,7 +346,7 @@ class S3Gateway:
         body = b"" if head else error.body(resource, rid)
         await x.whole(error.status, body, headers)
 
-    def _request(self, scope: Scope) -> _Req:
+    def _request(self, scope: Scope) -> S3Req:
         raw = scope.get("raw_path") or scope["path"].encode()
         raw_path = raw.split(b"?", 1)[0].decode("latin-1")
         query = scope.get("query_string", b"").decode("latin-1")
@@ -295,12 +367,12 @@ class S3Gateway:
             bucket, _, key = path[1:].partition("/")
         if "\x00" in key or "\x00" in bucket:
             raise S3Error("InvalidURI", "Couldn't parse the specified URI.", status=400)
-        req = _Req(scope["method"], raw_path, query, headers, hmap, params, bucket, key, vhost)
+        req = S3Req(scope["method"], raw_path, query, headers, hmap, params, bucket, key, vhost)
         if key:
             check_key(key)
         return req
 
-    async def _authenticate(self, req: _Req) -> tuple[S3Grant, sigv4.Context]:
+    async def _authenticate(self, req: S3Req) -> tuple[S3Grant, sigv4.Context]:
         request = sigv4.Request(req.method, req.raw_path, req.query, req.headers)
         creds = sigv4.parse(request)
         if creds is None:
@@ -327,7 +399,7 @@ class S3Gateway:
         return grant, ctx
 
     async def _authenticate_v2(
-        self, req: _Req, request: sigv4.Request
+        self, req: S3Req, request: sigv4.Request
     ) -> tuple[S3Grant, sigv4.Context]:
         """SigV2 (header or query): each string to sign is signed by the master (SigV2 signs
         with the secret itself), until one matches."""
@@ -355,7 +427,7 @@ class S3Gateway:
     # -- routing -----------------------------------------------------------------------------
 
     async def _route(
-        self, x: _Exchange, receive: Receive, req: _Req, grant: S3Grant, ctx: sigv4.Context
+        self, x: S3Exchange, receive: Receive, req: S3Req, grant: S3Grant, ctx: sigv4.Context
     ) -> None:
         method, bucket, key = req.method, req.bucket, req.key
         asked = SUBRESOURCES.intersection(req.params)
@@ -368,6 +440,12 @@ class S3Gateway:
             if method == "GET" and "location" in req.params:
                 grant.require(self.pool, "r")
                 return await self._location(x, bucket)
+            if method == "GET" and "uploads" in req.params:
+                grant.require(self.pool, "r")
+                return await self.multipart.list_uploads(x, req)
+            if method == "POST" and "delete" in req.params:
+                grant.require(self.pool, "d")
+                return await self._delete_objects(x, receive, req, ctx)
             if method == "GET" and "versioning" in req.params:
                 grant.require(self.pool, "r")
                 await self._bucket(bucket)
@@ -391,15 +469,32 @@ class S3Gateway:
                 grant.require(self.pool, "d")
                 return await self._delete_bucket(x, bucket)
             raise S3Error("MethodNotAllowed", Method=method, ResourceType="BUCKET")
+        if "uploads" in req.params and method == "POST":
+            grant.require(self.pool, "w")
+            return await self.multipart.create(x, req, grant)
+        if "uploadId" in req.params:
+            if method == "PUT" and "partNumber" in req.params:
+                grant.require(self.pool, "w")
+                return await self.multipart.upload_part(x, receive, req, ctx, grant)
+            if method == "POST":
+                grant.require(self.pool, "w")
+                return await self.multipart.complete(x, receive, req, ctx, grant)
+            if method == "DELETE":
+                grant.require(self.pool, "w")
+                return await self.multipart.abort(x, req)
+            if method == "GET":
+                grant.require(self.pool, "r")
+                return await self.multipart.list_parts(x, req)
+            raise S3Error("MethodNotAllowed", Method=method, ResourceType="OBJECT")
         if asked:
             raise S3Error("NotImplemented", f"{', '.join(sorted(asked))} is not implemented yet")
         version = req.params.get("versionId")
         if version is not None and version != "null":
             raise S3Error("NoSuchVersion", Key=key, VersionId=version)
         if method == "PUT":
-            if "x-amz-copy-source" in req.hmap:
-                raise S3Error("NotImplemented", "CopyObject is not implemented yet")
             grant.require(self.pool, "w")
+            if "x-amz-copy-source" in req.hmap:
+                return await self._copy_object(x, req, grant)
             return await self._put_object(x, receive, req, ctx, grant)
         if method in ("GET", "HEAD"):
             grant.require(self.pool, "r")
@@ -409,7 +504,7 @@ class S3Gateway:
             return await self._delete_object(x, req)
         raise S3Error("MethodNotAllowed", Method=method, ResourceType="OBJECT")
 
-    async def _xml(self, x: _Exchange, body: bytes, status: int = 200) -> None:
+    async def _xml(self, x: S3Exchange, body: bytes, status: int = 200) -> None:
         await x.whole(status, body, [(b"content-type", b"application/xml")])
 
     # -- buckets -----------------------------------------------------------------------------
@@ -437,9 +532,14 @@ class S3Gateway:
         return record
 
     async def _small_body(
-        self, x: _Exchange, receive: Receive, req: _Req, ctx: sigv4.Context
+        self,
+        x: S3Exchange,
+        receive: Receive,
+        req: S3Req,
+        ctx: sigv4.Context,
+        limit: int = MAX_SMALL_BODY,
     ) -> bytes:
-        """A request body that is not an object (at most MAX_SMALL_BODY), checked against
+        """A request body that is not an object (at most `limit` bytes), checked against
         what the request says of it."""
         if ctx.payload.streaming:
             raise S3Error("NotImplemented", "aws-chunked bodies are for objects")
@@ -448,14 +548,14 @@ class S3Gateway:
         x.reading = True
         async for piece in receive_body(x, receive, None, self.idle):
             data += piece
-            if len(data) > MAX_SMALL_BODY:
+            if len(data) > limit:
                 raise S3Error("MaxMessageLengthExceeded")
         check.update(bytes(data))
         check.finish()
         return bytes(data)
 
     async def _create_bucket(
-        self, x: _Exchange, receive: Receive, req: _Req, ctx: sigv4.Context, grant: S3Grant
+        self, x: S3Exchange, receive: Receive, req: S3Req, ctx: sigv4.Context, grant: S3Grant
     ) -> None:
         bucket = req.bucket
         check_bucket(bucket)
@@ -490,11 +590,11 @@ class S3Gateway:
             ) from None
         await x.whole(200, b"", [(b"location", f"/{bucket}".encode())])
 
-    async def _location(self, x: _Exchange, bucket: str) -> None:
+    async def _location(self, x: S3Exchange, bucket: str) -> None:
         record = await self._bucket(bucket)
         await self._xml(x, responses.location(record.meta.get("region", self.region)))
 
-    async def _list_buckets(self, x: _Exchange, grant: S3Grant) -> None:
+    async def _list_buckets(self, x: S3Exchange, grant: S3Grant) -> None:
         mine: list[tuple[str, Entry]] = []
         after = ""
         while True:
@@ -510,12 +610,17 @@ class S3Gateway:
         ]
         await self._xml(x, responses.list_buckets(owner, buckets))
 
-    async def _delete_bucket(self, x: _Exchange, bucket: str) -> None:
+    async def _delete_bucket(self, x: S3Exchange, bucket: str) -> None:
         await self._bucket(bucket)
         if await self.index.list(self.pool, bucket + "/", "", 1):
             raise S3Error("BucketNotEmpty", BucketName=bucket)
+        await self.multipart.abort_all(bucket)  # (uploads under way end with it)
         await self._delete(BUCKETS + bucket)
         await x.whole(204)
+
+    async def aclose(self) -> None:
+        """Stop the background work (the cleaner of abandoned uploads)."""
+        await self.multipart.close()
 
     async def _delete(self, name: str) -> None:
         """Delete an object, as the HTTP gateway does: hidden in the index first, deleted,
@@ -540,7 +645,7 @@ class S3Gateway:
 
     # -- objects -----------------------------------------------------------------------------
 
-    def _object_meta(self, req: _Req) -> dict[str, str]:
+    def _object_meta(self, req: S3Req) -> dict[str, str]:
         """What a PUT keeps of its headers: the standard ones and x-amz-meta-*."""
         meta = {"x-amz-meta-" + k: v for k, v in user_metadata(req.headers).items()}
         for name, value in req.headers:
@@ -561,7 +666,7 @@ class S3Gateway:
         except NotFound:
             return None
 
-    async def _check_write_conditions(self, req: _Req, name: str) -> None:
+    async def _check_write_conditions(self, req: S3Req, name: str) -> None:
         if "if-match" not in req.hmap and "if-none-match" not in req.hmap:
             return
         info = await self._current(name)
@@ -573,11 +678,11 @@ class S3Gateway:
                 exc.fields["Key"] = req.key
             raise
 
-    async def _put_object(
-        self, x: _Exchange, receive: Receive, req: _Req, ctx: sigv4.Context, grant: S3Grant
-    ) -> None:
-        await self._bucket(req.bucket)
-        name = f"{req.bucket}/{req.key}"
+    def incoming(
+        self, x: S3Exchange, receive: Receive, req: S3Req, ctx: sigv4.Context, *,
+        limit: int = MAX_OBJECT, after: Callable[[], Awaitable[None]] | None = None,
+    ) -> Incoming:  # fmt: skip
+        """The body of a PUT that stores bytes (an object, a part), as it comes."""
         decoder = ChunkedDecoder.for_context(ctx) if ctx.payload.streaming else None
         length = req.hmap.get("content-length")
         if decoder is not None:
@@ -588,60 +693,157 @@ class S3Gateway:
             size = int(length)
         else:
             raise S3Error("MissingContentLength")
+        if size > limit:
+            raise S3Error("EntityTooLarge", ProposedSize=str(size), MaxSizeAllowed=str(limit))
         check = BodyCheck(req.headers, content_sha256=ctx.content_sha256)
+        return Incoming(x, receive, size, _Intake(decoder, check), self.idle, after)
+
+    async def _put_object(
+        self, x: S3Exchange, receive: Receive, req: S3Req, ctx: sigv4.Context, grant: S3Grant
+    ) -> None:
+        await self._bucket(req.bucket)
+        name = f"{req.bucket}/{req.key}"
         meta = self._object_meta(req)
         meta[OWNER_META] = grant.access_key
         await self._check_write_conditions(req, name)
-        intake = _Intake(decoder, check)
-        done: list[tuple[Digests, tuple[str, str] | None]] = []
-
-        async def body() -> AsyncIterator[bytes | memoryview]:
-            batch: list[bytes] = []
-            held = 0
-            x.reading = True
-            async for piece in receive_body(x, receive, size, self.idle):
-                batch.append(piece)
-                held += len(piece)
-                if held >= OFF_LOOP:
-                    for part in await asyncio.to_thread(intake.take, batch):
-                        yield part
-                    batch, held = [], 0
-            for part in intake.take(batch):
-                yield part
-            done.append(intake.finish())  # (raises: put_stream stores nothing)
-            await self._check_write_conditions(req, name)
+        body = self.incoming(
+            x, receive, req, ctx, after=lambda: self._check_write_conditions(req, name)
+        )
 
         def final_meta() -> dict[str, str]:
-            digests, checksum = done[0]
-            out = {**meta, MD5_META: digests.md5.hex()}
-            if checksum is not None:
-                out[CHECKSUM_META + checksum[0]] = checksum[1]
+            out = {**meta, MD5_META: body.digests.md5.hex()}
+            if body.checksum is not None:
+                out[CHECKSUM_META + body.checksum[0]] = body.checksum[1]
             return out
 
         try:
-            stored = await self.client.put_stream(self.pool, name, size, body(), meta=final_meta)
+            stored = await self.client.put_stream(
+                self.pool, name, body.size, body.chunks(), meta=final_meta
+            )
         except ValueError as exc:  # (a body of another length than announced)
             raise S3Error("IncompleteBody", str(exc)) from None
-        digests, checksum = done[0]
         kept = {k: v for k, v in final_meta().items() if k != MD5_META}
         entry = Entry(stored.size, stored.hash, stored.version or 0, time.time(), kept,
-                      md5=digests.md5)  # fmt: skip
+                      md5=body.digests.md5)  # fmt: skip
+        await self.listed(req, name, entry)
+        x.nbytes = stored.size
+        headers = [(b"etag", f'"{body.digests.md5.hex()}"'.encode())]
+        if body.checksum is not None:
+            headers.append(
+                (f"x-amz-checksum-{body.checksum[0]}".encode(), body.checksum[1].encode())
+            )
+        await x.whole(200, b"", headers)
+
+    async def listed(self, req: S3Req, name: str, entry: Entry) -> None:
+        """An object stored: its index entry, or the error that says it is not listed."""
         try:
             await self.index.put(self.pool, name, entry)
         except IndexUnavailable as exc:
             raise IndexUnavailable(
-                f"{req.resource} is stored, but not listed: {exc} (a retry of the PUT, or "
-                "`shoal index rebuild`, lists it)"
+                f"{req.resource} is stored, but not listed: {exc} (a retry, or `shoal index "
+                "rebuild`, lists it)"
             ) from None
+
+    async def copy_source(self, req: S3Req, grant: S3Grant, *, ranged: bool = False) -> Source:
+        """The object x-amz-copy-source names, opened, its conditions (x-amz-copy-source-if-*)
+        checked, and the range x-amz-copy-source-range asks for when `ranged` (UploadPartCopy):
+        the requester needs the right to read it."""
+        src = copy_source(req.hmap["x-amz-copy-source"])
+        grant.require(self.pool, "r")
+        if src.version_id not in (None, "null"):
+            raise S3Error("NoSuchVersion", Key=src.key, VersionId=src.version_id)
+        check_key(src.key)
+        name = f"{src.bucket}/{src.key}"
+        try:
+            reader = await self.client.open(self.pool, name)
+        except NotFound:
+            await self._bucket(src.bucket)
+            raise S3Error("NoSuchKey", Key=src.key) from None
+        await self._bucket(src.bucket)
+        etag = await self._etag(name, reader.info)
+        check_copy_source(req.headers, etag, reader.info.mtime)
+        first, length = 0, reader.info.size
+        wanted = req.hmap.get("x-amz-copy-source-range")
+        if wanted is not None:
+            if not ranged:
+                raise S3Error("InvalidArgument", "Range specified is not valid for source object",
+                              ArgumentName="x-amz-copy-source-range")  # fmt: skip
+            first, last = copy_range(wanted, reader.info.size)
+            length = last - first + 1
+        return Source(src.bucket, src.key, name, reader, etag, first, length)
+
+    async def _copy_object(self, x: S3Exchange, req: S3Req, grant: S3Grant) -> None:
+        """CopyObject: the source's bytes streamed into the target; its metadata kept (COPY)
+        or the request's (REPLACE); onto itself only to change its metadata."""
+        await self._bucket(req.bucket)
+        directive = req.hmap.get("x-amz-metadata-directive", "COPY").upper()
+        if directive not in DIRECTIVES:
+            raise S3Error("InvalidArgument", "Unknown metadata directive.",
+                          ArgumentName="x-amz-metadata-directive",
+                          ArgumentValue=directive)  # fmt: skip
+        source = await self.copy_source(req, grant)
+        name = f"{req.bucket}/{req.key}"
+        if name == source.name and directive == "COPY":
+            raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to "
+                          "copy an object to itself without changing the object's metadata, "
+                          "storage class, website redirect location or encryption "
+                          "attributes.")  # fmt: skip
+        info = source.reader.info
+        if directive == "COPY":
+            meta = {k: v for k, v in info.meta.items()
+                    if k in STORED_HEADERS or k.startswith("x-amz-meta-")}  # fmt: skip
+        else:
+            meta = self._object_meta(req)
+        meta[OWNER_META] = grant.access_key
+        checksums = {k: v for k, v in info.meta.items() if k.startswith(CHECKSUM_META)}
+        if ETAG_META in info.meta and "-" not in info.meta.get("x-amz-checksum-type", "-"):
+            checksums = {}  # (a multipart upload's composite checksum is of its parts)
+        if info.meta.get("x-amz-checksum-type") == "COMPOSITE":
+            checksums = {}
+        await self._check_write_conditions(req, name)
+        md5 = source.md5()
+        stored = await self.client.put_stream(
+            self.pool, name, source.length, source.pieces(md5),
+            meta=lambda: {**meta, **checksums, MD5_META: md5.hexdigest()},
+        )  # fmt: skip
+        kept = {**meta, **checksums}
+        now = time.time()
+        entry = Entry(stored.size, stored.hash, stored.version or 0, now, kept,
+                      md5=md5.digest())  # fmt: skip
+        await self.listed(req, name, entry)
         x.nbytes = stored.size
-        headers = [(b"etag", f'"{digests.md5.hex()}"'.encode())]
-        if checksum is not None:
-            headers.append((f"x-amz-checksum-{checksum[0]}".encode(), checksum[1].encode()))
-        await x.whole(200, b"", headers)
+        sent = {k[len(CHECKSUM_META) :]: v for k, v in checksums.items()}
+        await self._xml(x, responses.copy_object(md5.hexdigest(), now, sent))
+
+    async def _delete_objects(
+        self, x: S3Exchange, receive: Receive, req: S3Req, ctx: sigv4.Context
+    ) -> None:
+        """DeleteObjects (POST ?delete): up to 1000 keys, each deleted as DeleteObject does;
+        a key that fails is an Error of the answer, not a failure of the request."""
+        await self._bucket(req.bucket)
+        body = await self._small_body(x, receive, req, ctx, limit=2 << 20)
+        asked = parse_delete(body)
+        deleted: list[responses.Deleted] = []
+        errors: list[responses.DeleteError] = []
+        for key, version in asked.objects:
+            try:
+                check_key(key)
+                if version not in (None, "null"):
+                    raise S3Error("NoSuchVersion", Key=key, VersionId=version)
+                await self._delete(f"{req.bucket}/{key}")
+                deleted.append(responses.Deleted(key, version))
+            except ClientGone:
+                raise
+            except Exception as exc:
+                error = self._s3_error(exc, "DELETE", req)
+                errors.append(responses.DeleteError(key, error.code, error.message, version))
+        await self._xml(x, responses.delete_result(deleted, errors, asked.quiet))
 
     async def _etag(self, name: str, info: ObjectInfo) -> str:
         """An object's ETag (without quotes): its MD5, from its metadata, else the index's
         (objects written before MD5s were kept with them), else its BLAKE3's first half."""
+        if ETAG_META in info.meta:
+            return info.meta[ETAG_META]
         md5 = md5_of(info.meta)
         if md5 is None:
             try:
@@ -654,7 +856,7 @@ class S3Gateway:
             return md5.hex()
         return info.hash[:16].hex() if info.hash else "0" * 32
 
-    async def _get_object(self, x: _Exchange, receive: Receive, req: _Req, head: bool) -> None:
+    async def _get_object(self, x: S3Exchange, receive: Receive, req: S3Req, head: bool) -> None:
         name = f"{req.bucket}/{req.key}"
         looked = asyncio.ensure_future(self._bucket_entry(req.bucket))
         reader = None
@@ -711,14 +913,14 @@ class S3Gateway:
         pieces: AsyncGenerator[memoryview, None] = reader.pieces(first, length, ahead=READ_AHEAD)
         await stream_reply(x, receive, pieces, code, headers, self.idle)
 
-    async def _delete_object(self, x: _Exchange, req: _Req) -> None:
+    async def _delete_object(self, x: S3Exchange, req: S3Req) -> None:
         await self._bucket(req.bucket)
         await self._delete(f"{req.bucket}/{req.key}")
         await x.whole(204)
 
     # -- listing -----------------------------------------------------------------------------
 
-    async def _list_objects(self, x: _Exchange, req: _Req) -> None:
+    async def _list_objects(self, x: S3Exchange, req: S3Req) -> None:
         record = await self._bucket(req.bucket)
         p = req.params
         v2 = p.get("list-type") == "2"
@@ -752,7 +954,9 @@ class S3Gateway:
         owner = record.meta.get(OWNER_META, "")
 
         def entry(key: str, e: Entry) -> responses.ObjectEntry:
-            etag = e.md5.hex() if e.md5 is not None else (e.hash[:16].hex() if e.hash else "")
+            etag = e.meta.get(ETAG_META) or (
+                e.md5.hex() if e.md5 is not None else (e.hash[:16].hex() if e.hash else "")
+            )
             who = e.meta.get(OWNER_META, owner)
             return responses.ObjectEntry(key, e.mtime, etag, e.size,
                                          owner=responses.Owner(who, who))  # fmt: skip
