@@ -131,11 +131,13 @@ def tools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tools]:
 
 
 def make_tree(root: Path, seed: int) -> dict[str, bytes]:
-    """A folder of a few files, two levels deep, from a few bytes to a MiB; what it holds."""
+    """A folder of a few files, two levels deep, from a few bytes to a MiB, one with a name
+    that each tool must encode (in its URL, its signature, its listing); what it holds."""
     rnd = random.Random(seed)
     files = {
         "a.bin": rnd.randbytes(3000),
         "notes.txt": b"a few words\n",
+        "sub/odd name+é%~=&;.txt": b"odd",
         "sub/b.bin": rnd.randbytes(300 * KiB),
         "sub/deeper/c.bin": rnd.randbytes(MiB + 7),
     }
@@ -175,17 +177,24 @@ def aws_ls(tools: Tools, *args: str) -> tuple[list[str], dict[str, int]]:
 
 def sent(out: str, verb: str) -> list[str]:
     """The s3:// side of each `upload:`/`download:`/`delete:` line of `aws s3`'s output."""
-    return sorted(re.findall(rf"^{verb}: (?:.* to )?(s3://\S+)", out, re.M))
+    return sorted(re.findall(rf"^{verb}: (?:.* to )?(s3://.+?)(?: to .*)?$", out, re.M))
 
 
 def test_aws_s3_mb_cp_ls_rm(tools: Tools, tmp_path: Path) -> None:
     files = make_tree(tmp_path / "up", seed=1)
     assert tools.aws("s3", "mb", "s3://aws-cp").stdout.strip() == "make_bucket: aws-cp"
 
-    # one file up and down
-    tools.aws("s3", "cp", "--no-progress", str(tmp_path / "up/a.bin"), "s3://aws-cp/one/a.bin")
+    # one file up (with its content headers and metadata) and down
+    tools.aws("s3", "cp", "--no-progress", str(tmp_path / "up/a.bin"), "s3://aws-cp/one/a.bin",
+              "--content-type", "image/x-test", "--cache-control", "max-age=60",
+              "--metadata", "camera=x100,lens=23mm")  # fmt: skip
     tools.aws("s3", "cp", "--no-progress", "s3://aws-cp/one/a.bin", str(tmp_path / "a.back"))
     assert (tmp_path / "a.back").read_bytes() == files["a.bin"]
+    head = tools.api("head-object", "--bucket", "aws-cp", "--key", "one/a.bin")
+    assert (head["ContentType"], head["CacheControl"], head["Metadata"], head["ETag"]) == (
+        "image/x-test", "max-age=60", {"camera": "x100", "lens": "23mm"},
+        f'"{md5(files["a.bin"])}"',
+    ), head  # fmt: skip
 
     # a folder up and down, --recursive
     out = tools.aws("s3", "cp", "--recursive", "--no-progress", str(tmp_path / "up"),
@@ -202,7 +211,9 @@ def test_aws_s3_mb_cp_ls_rm(tools: Tools, tmp_path: Path) -> None:
     assert aws_ls(tools, "s3://aws-cp/tree/") == (
         ["sub/"], {"a.bin": 3000, "notes.txt": len(files["notes.txt"])},
     )  # fmt: skip
-    assert aws_ls(tools, "s3://aws-cp/tree/sub/") == (["deeper/"], {"b.bin": 300 * KiB})
+    assert aws_ls(tools, "s3://aws-cp/tree/sub/") == (
+        ["deeper/"], sizes({k[4:]: v for k, v in files.items() if k.count("/") == 1}),
+    )  # fmt: skip
     everything = {"one/a.bin": 3000, **sizes(files, "tree/")}
     assert aws_ls(tools, "--recursive", "s3://aws-cp") == ([], everything)
 
@@ -211,8 +222,8 @@ def test_aws_s3_mb_cp_ls_rm(tools: Tools, tmp_path: Path) -> None:
     assert sent(out, "delete") == ["s3://aws-cp/one/a.bin"], out
     assert aws_ls(tools, "--recursive", "s3://aws-cp") == ([], sizes(files, "tree/"))
     out = tools.aws("s3", "rm", "--recursive", "s3://aws-cp/tree/sub/").stdout
-    assert sent(out, "delete") == ["s3://aws-cp/tree/sub/b.bin",
-                                   "s3://aws-cp/tree/sub/deeper/c.bin"], out  # fmt: skip
+    in_sub = sorted(f"s3://aws-cp/tree/{name}" for name in files if name.startswith("sub/"))
+    assert sent(out, "delete") == in_sub, out
     assert aws_ls(tools, "--recursive", "s3://aws-cp") == (
         [], {"tree/a.bin": 3000, "tree/notes.txt": len(files["notes.txt"])},
     )  # fmt: skip
@@ -347,13 +358,19 @@ def test_s3cmd(tools: Tools, tmp_path: Path, sigv2: bool) -> None:
     files = make_tree(local, seed=5)
     assert s3cmd("mb", f"s3://{b}").stdout.strip() == f"Bucket 's3://{b}/' created"
 
-    # put and get: the bytes and what info says of them
-    s3cmd("put", "--disable-multipart", str(local / "a.bin"), f"s3://{b}/one/a.bin")
+    # put and get: the bytes, what info says of them, a presigned URL of it fetched by curl
+    s3cmd("put", "--disable-multipart", "--mime-type", "image/x-test", "--add-header",
+          "x-amz-meta-camera:x100", str(local / "a.bin"), f"s3://{b}/one/a.bin")  # fmt: skip
     s3cmd("get", f"s3://{b}/one/a.bin", str(tmp_path / "a.back"))
     assert (tmp_path / "a.back").read_bytes() == files["a.bin"]
     info = s3cmd("info", f"s3://{b}/one/a.bin").stdout
-    assert re.search(r"File size: 3000\n", info) and f"MD5 sum:   {md5(files['a.bin'])}" in info
-    assert "Location:  us-east-1" in s3cmd("info", f"s3://{b}").stdout
+    for line in ("File size: 3000", f"MD5 sum:   {md5(files['a.bin'])}",
+                 "MIME type: image/x-test", "x-amz-meta-camera: x100"):  # fmt: skip
+        assert f"   {line}\n" in info, info
+    assert "   Location:  us-east-1\n" in s3cmd("info", f"s3://{b}").stdout
+    url = s3cmd("signurl", f"s3://{b}/one/a.bin", "+600").stdout.strip()
+    got = subprocess.run(["curl", "-sS", "--fail", url], capture_output=True, timeout=60)
+    assert got.stdout == files["a.bin"], (url, got.stderr)
 
     # sync up and down, then again with one file changed: only it goes either way
     out = s3cmd("sync", "--disable-multipart", f"{local}/", f"s3://{b}/s/").stdout
@@ -373,7 +390,7 @@ def test_s3cmd(tools: Tools, tmp_path: Path, sigv2: bool) -> None:
     top = s3cmd("ls", f"s3://{b}").stdout.splitlines()
     assert [line.split() for line in top] == [["DIR", f"s3://{b}/one/"], ["DIR", f"s3://{b}/s/"]]
     lines = s3cmd("ls", "-r", f"s3://{b}").stdout
-    listed = {m[2]: int(m[1]) for m in re.finditer(r"^\S+ \S+ +(\d+)  (\S+)$", lines, re.M)}
+    listed = {m[2]: int(m[1]) for m in re.finditer(r"^\S+ \S+ +(\d+)  (s3://.+)$", lines, re.M)}
     assert listed == {f"s3://{b}/one/a.bin": 3000, **sizes(tree(local), f"s3://{b}/s/")}
     everything = s3cmd("la").stdout
     assert f"DIR  s3://{b}/one/\n" in everything and f"DIR  s3://{b}/s/\n" in everything
@@ -409,7 +426,7 @@ def rclone_files(tools: Tools, path: str) -> dict[str, int]:
 
 def copied(err: str) -> list[str]:
     """The files `rclone -v` says it copied."""
-    return sorted(re.findall(r"INFO  : (\S+): Copied ", err))
+    return sorted(re.findall(r"INFO  : (.+?): Copied ", err))
 
 
 def test_rclone(tools: Tools, tmp_path: Path) -> None:
@@ -436,7 +453,7 @@ def test_rclone(tools: Tools, tmp_path: Path) -> None:
     (local / "a.bin").unlink()
     err = tools.rclone("sync", "-v", str(local), "shoal:rclone-b/sync").stderr
     assert copied(err) == ["sub/deeper/c.bin"], err
-    assert re.findall(r"INFO  : (\S+): Deleted", err) == ["a.bin"], err
+    assert re.findall(r"INFO  : (.+?): Deleted", err) == ["a.bin"], err
     err = tools.rclone("check", str(local), "shoal:rclone-b/sync").stderr
     assert "0 differences found" in err, err
     err = tools.rclone("sync", "-v", "shoal:rclone-b/sync", str(down)).stderr
