@@ -167,6 +167,11 @@ async def test_an_object_composed_of_segments_moves_no_data(cluster: MasterProce
         with pytest.raises(ValueError):
             await c.put_segment("p", ".up/x/bad", STRIPE * 2, chunks(bodies[0]))
 
+        # the same segments named again (a completion sent twice) are kept
+        await c.put_composed("p", "obj", segs)
+        await asyncio.sleep(1.0)
+        assert await c.get("p", "obj") == whole
+
         # replacing the object deletes every segment's stripes (after the grace)
         first = segs[0].stripe_name(0)
         last = segs[2].stripe_name(0)

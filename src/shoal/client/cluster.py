@@ -367,33 +367,35 @@ class ClusterClient:
 
     async def put(
         self, pool: str, name: str, data: bytes | bytearray | memoryview, *,
-        meta: Mapping[str, str] | None = None,
+        meta: Mapping[str, str] | None = None, keep_prev: bool = False,
     ) -> ObjKey:  # fmt: skip
         """Store `data` under `name`, with `meta` (the object's metadata, str -> str, 16 KiB
         at most encoded: a striped object's is on its head), which stat, open and list give
-        back as ObjectInfo.meta."""
+        back as ObjectInfo.meta. The stripes of a striped object it replaces are deleted,
+        unless `keep_prev` (another head names them: an S3 version kept)."""
         if len(data) <= STRIPE:
             key, prev = await self._on_primary(
                 pool, name, lambda c: c.put_over(pool, name, data, over_ref=HEAD_REF, meta=meta)
             )
-            if prev is not None:  # it replaced a striped object: its stripes go
+            if prev is not None and not keep_prev:  # it replaced a striped object
                 self._retire(pool, name, Head.decode(prev))
             return key
         mv = memoryview(data).cast("B")
         head = Head.new(len(mv), digest(mv))
         await self._put_stripes(pool, head.segments(name)[0], _slices(mv, head))
-        return await self._put_head(pool, name, head, meta)
+        return await self._put_head(pool, name, head, meta, keep_prev=keep_prev)
 
     async def put_stream(
         self, pool: str, name: str, size: int | None, chunks: AsyncIterator[bytes | memoryview],
         *, meta: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
+        keep_prev: bool = False,
     ) -> ObjKey:  # fmt: skip
         """Store the bytes taken from `chunks`, a few stripes in memory at most: `size` of
         them, or as many as come when `size` is None. If `chunks` raises, or gives another
         count than `size`, nothing is stored (stripes already sent are deleted). `meta`: as
         for `put`, or a callable that gives it, called once every byte has been taken from
         `chunks` and before the object is committed (metadata known only at the end of the
-        bytes: their MD5)."""
+        bytes: their MD5). `keep_prev`: as for `put`."""
 
         def final_meta() -> Mapping[str, str] | None:
             return meta() if callable(meta) else meta
@@ -410,7 +412,7 @@ class ClusterClient:
                 fill += n
             if fill != size:
                 raise ValueError(f"the source gave {fill} of the announced {size} bytes")
-            return await self.put(pool, name, whole, meta=final_meta())
+            return await self.put(pool, name, whole, meta=final_meta(), keep_prev=keep_prev)
         first = bytearray()
         if size is None:  # as much as one object holds, then on to stripes if there is more
             async for chunk in it:
@@ -418,7 +420,7 @@ class ClusterClient:
                 if len(first) > STRIPE:
                     break
             else:
-                return await self.put(pool, name, first, meta=final_meta())
+                return await self.put(pool, name, first, meta=final_meta(), keep_prev=keep_prev)
         head = Head.new(size or 0, b"")
         seg = await self._put_run(pool, head.segments(name)[0], first, it, size)
         done = replace(head, size=seg.size, count=seg.count, hash=seg.hash)
@@ -427,7 +429,7 @@ class ClusterClient:
         except BaseException:
             await self._drop(pool, seg.stripe_names())
             raise
-        return await self._put_head(pool, name, done, final)
+        return await self._put_head(pool, name, done, final, keep_prev=keep_prev)
 
     async def put_segment(
         self, pool: str, base: str, size: int | None, chunks: AsyncIterator[bytes | memoryview]
@@ -440,14 +442,14 @@ class ClusterClient:
 
     async def put_composed(
         self, pool: str, name: str, parts: Sequence[Segment], *,
-        meta: Mapping[str, str] | None = None,
+        meta: Mapping[str, str] | None = None, keep_prev: bool = False,
     ) -> ObjKey:  # fmt: skip
         """Make `name` the object that is `parts` end to end (segments from put_segment, each
         in one object only), with `meta`: one small write, the commit point; no data moves.
         The object replaced, if any, goes as a put's does. If this is refused, the segments
         are left as they were."""
         head = Head.composed(tuple(parts))
-        return await self._put_head(pool, name, head, meta, drop_refused=False)
+        return await self._put_head(pool, name, head, meta, drop_refused=False, keep_prev=keep_prev)
 
     async def drop_segment(self, pool: str, seg: Segment) -> None:
         """Delete a segment's stripes (best effort: a leftover is garbage, not harm)."""
@@ -547,7 +549,7 @@ class ClusterClient:
 
     async def _put_head(
         self, pool: str, name: str, head: Head, meta: Mapping[str, str] | None = None,
-        drop_refused: bool = True,
+        drop_refused: bool = True, keep_prev: bool = False,
     ) -> ObjKey:  # fmt: skip
         # Not sent twice: a second try after a lost answer could put this head back after
         # another writer replaced it and deleted its stripes. The caller hears OutcomeUnknown.
@@ -561,8 +563,12 @@ class ClusterClient:
             if drop_refused:
                 await self._drop_head(pool, name, head)
             raise
-        if prev is not None and (old := Head.decode(prev)).wid != head.wid:
-            self._retire(pool, name, old)
+        if prev is not None and not keep_prev and (old := Head.decode(prev)).wid != head.wid:
+            # (a segment both heads name stays: a multipart completion sent again)
+            ours = {(s.base, s.wid) for s in head.segments(name)}
+            gone = tuple(s for s in old.segments(name) if (s.base, s.wid) not in ours)
+            if gone:
+                self._retire(pool, name, replace(old, parts=gone) if old.parts else old)
         return ObjKey(key.uuid, head.hash, head.size, key.version)
 
     def _retire(self, pool: str, name: str, head: Head) -> None:
@@ -718,12 +724,13 @@ class ClusterClient:
         info = await self._on_replicas(pool, name, lambda c: c.stat(pool, name))
         return HEAD_REF not in info.refs
 
-    async def delete(self, pool: str, name: str) -> int | None:
-        """Delete `name`; the version of the deletion (its tombstone's)."""
+    async def delete(self, pool: str, name: str, *, keep_prev: bool = False) -> int | None:
+        """Delete `name`; the version of the deletion (its tombstone's). `keep_prev`: its
+        stripes, if it is striped, are left (another head names them)."""
         version, prev = await self._on_primary(
             pool, name, lambda c: c.delete_over(pool, name, over_ref=HEAD_REF)
         )
-        if prev is not None:  # a striped object: its stripes go
+        if prev is not None and not keep_prev:  # a striped object: its stripes go
             self._retire(pool, name, Head.decode(prev))
         return version
 
