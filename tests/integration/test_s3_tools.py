@@ -5,7 +5,9 @@ default=rwd`). Each tool reads only the files the test writes (AWS_CONFIG_FILE a
 AWS_SHARED_CREDENTIALS_FILE, s3cmd -c, RCLONE_CONFIG), with a HOME of the test's and no AWS_*
 or RCLONE_* variable of ours; whatever comes back down is compared byte for byte with what
 went up. The files stay under each tool's multipart threshold (8 MiB for the aws CLI; s3cmd
-and rclone are told not to split), so one PUT carries each."""
+and rclone are told not to split), so one PUT carries each, except in the multipart tests: a
+file of 23 MiB sent by each tool in parts of 5 MiB, and copied within the gateway in parts,
+its ETag S3's (the MD5 of the parts' MD5s, -5)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 
@@ -30,8 +33,9 @@ from tests.integration.up_helpers import Up
 
 KiB, MiB = 1 << 10, 1 << 20
 BIN = Path(sys.executable).parent  # (the venv's: its aws and s3cmd)
-# rclone: one PUT per file, one try per call (a failure is the test's, not a retry's)
-RCLONE = ["rclone", "--retries", "1", "--low-level-retries", "1", "--s3-upload-cutoff", "1G"]
+# rclone: one try per call (a failure is the test's, not a retry's)
+RCLONE = ["rclone", "--retries", "1", "--low-level-retries", "1"]
+PART = 5 * MiB  # each tool's part size in the multipart tests (S3's least)
 
 
 @dataclass
@@ -66,15 +70,22 @@ class Tools:
         config = self.home / ("s3cfg-v2" if sigv2 else "s3cfg-v4")
         return self.run("s3cmd", "-c", str(config), *args, ok=ok)
 
-    def rclone(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run(*RCLONE, *args, ok=ok)
+    def rclone(
+        self, *args: str, ok: bool = True, cutoff: str = "1G"
+    ) -> subprocess.CompletedProcess[str]:
+        """rclone, with files up to `cutoff` sent in one PUT, larger ones in parts of PART."""
+        return self.run(*RCLONE, "--s3-upload-cutoff", cutoff, "--s3-chunk-size", "5M", *args,
+                        ok=ok)  # fmt: skip
 
 
 def _write_configs(home: Path, port: str, access: str, secret: str) -> dict[str, str]:
     """Each tool's config, in `home`; the variables that point the tools at them."""
     aws = home / "aws"
     aws.mkdir()
-    (aws / "config").write_text("[default]\nregion = us-east-1\noutput = json\n")
+    (aws / "config").write_text(  # (files from 8 MiB in parts of PART; the default is 8 MiB)
+        "[default]\nregion = us-east-1\noutput = json\n"
+        "s3 =\n    multipart_threshold = 8MB\n    multipart_chunksize = 5MB\n"
+    )
     (aws / "credentials").write_text(
         f"[default]\naws_access_key_id = {access}\naws_secret_access_key = {secret}\n"
     )
@@ -217,6 +228,20 @@ def test_aws_s3_mb_cp_ls_rm(tools: Tools, tmp_path: Path) -> None:
     everything = {"one/a.bin": 3000, **sizes(files, "tree/")}
     assert aws_ls(tools, "--recursive", "s3://aws-cp") == ([], everything)
 
+    # cp and mv within the gateway (CopyObject: the content headers and metadata go along)
+    out = tools.aws("s3", "cp", "--no-progress", "s3://aws-cp/one/a.bin",
+                    "s3://aws-cp/copied/a.bin").stdout  # fmt: skip
+    assert out.strip() == "copy: s3://aws-cp/one/a.bin to s3://aws-cp/copied/a.bin", out
+    out = tools.aws("s3", "mv", "--no-progress", "s3://aws-cp/copied/a.bin",
+                    "s3://aws-cp/moved/a.bin").stdout  # fmt: skip
+    assert out.strip() == "move: s3://aws-cp/copied/a.bin to s3://aws-cp/moved/a.bin", out
+    assert tools.api("head-object", "--bucket", "aws-cp", "--key", "moved/a.bin") == head | {
+        "LastModified": ANY
+    }
+    tools.aws("s3", "cp", "--no-progress", "s3://aws-cp/moved/a.bin", str(tmp_path / "moved"))
+    assert (tmp_path / "moved").read_bytes() == files["a.bin"]
+    tools.aws("s3", "rm", "s3://aws-cp/moved/a.bin")
+
     # rm: one key, then a prefix --recursive
     out = tools.aws("s3", "rm", "s3://aws-cp/one/a.bin").stdout
     assert sent(out, "delete") == ["s3://aws-cp/one/a.bin"], out
@@ -354,6 +379,12 @@ def test_s3cmd(tools: Tools, tmp_path: Path, sigv2: bool) -> None:
         return tools.s3cmd(sigv2, *args, ok=ok)
 
     b = "s3cmd-v2" if sigv2 else "s3cmd-v4"
+
+    def ls_r() -> dict[str, int]:
+        """`s3cmd ls -r` of the bucket: each key's size."""
+        out = s3cmd("ls", "-r", f"s3://{b}").stdout
+        return {m[2]: int(m[1]) for m in re.finditer(r"^\S+ \S+ +(\d+)  (s3://.+)$", out, re.M)}
+
     local, down = tmp_path / "local", tmp_path / "down"
     files = make_tree(local, seed=5)
     assert s3cmd("mb", f"s3://{b}").stdout.strip() == f"Bucket 's3://{b}/' created"
@@ -389,9 +420,7 @@ def test_s3cmd(tools: Tools, tmp_path: Path, sigv2: bool) -> None:
     assert f"  s3://{b}\n" in s3cmd("ls").stdout
     top = s3cmd("ls", f"s3://{b}").stdout.splitlines()
     assert [line.split() for line in top] == [["DIR", f"s3://{b}/one/"], ["DIR", f"s3://{b}/s/"]]
-    lines = s3cmd("ls", "-r", f"s3://{b}").stdout
-    listed = {m[2]: int(m[1]) for m in re.finditer(r"^\S+ \S+ +(\d+)  (s3://.+)$", lines, re.M)}
-    assert listed == {f"s3://{b}/one/a.bin": 3000, **sizes(tree(local), f"s3://{b}/s/")}
+    assert ls_r() == {f"s3://{b}/one/a.bin": 3000, **sizes(tree(local), f"s3://{b}/s/")}
     everything = s3cmd("la").stdout
     assert f"DIR  s3://{b}/one/\n" in everything and f"DIR  s3://{b}/s/\n" in everything
 
@@ -400,14 +429,31 @@ def test_s3cmd(tools: Tools, tmp_path: Path, sigv2: bool) -> None:
     assert ("'Authorization': 'AWS " in debug) == sigv2, debug[-2000:]
     assert ("'Authorization': 'AWS4-HMAC-SHA256 " in debug) != sigv2, debug[-2000:]
 
-    # rb refuses a bucket with keys; del one key at a time (--recursive is DeleteObjects)
+    # cp and mv within the gateway (CopyObject)
+    odd = "sub/odd name+é%~=&;.txt"
+    s3cmd("cp", f"s3://{b}/s/{odd}", f"s3://{b}/copied/{odd}")
+    s3cmd("mv", f"s3://{b}/one/a.bin", f"s3://{b}/moved/a.bin")
+    s3cmd("get", f"s3://{b}/copied/{odd}", str(tmp_path / "copied"))
+    s3cmd("get", f"s3://{b}/moved/a.bin", str(tmp_path / "moved"))
+    assert (tmp_path / "copied").read_bytes() == files[odd]
+    assert (tmp_path / "moved").read_bytes() == files["a.bin"]
+
+    # deletes: sync --delete-removed and del --recursive (DeleteObjects), del of one key
+    (local / "a.bin").unlink()
+    out = s3cmd("sync", "--delete-removed", f"{local}/", f"s3://{b}/s/").stdout
+    assert (s3cmd_sent(out, "delete"), s3cmd_sent(out, "upload")) == ([f"s3://{b}/s/a.bin"], [])
+    out = s3cmd("del", f"s3://{b}/moved/a.bin").stdout
+    assert s3cmd_sent(out, "delete") == [f"s3://{b}/moved/a.bin"], out
+    out = s3cmd("del", "--recursive", "--force", f"s3://{b}/s/").stdout
+    assert s3cmd_sent(out, "delete") == sorted(f"s3://{b}/s/{n}" for n in tree(local)), out
+    assert ls_r() == {f"s3://{b}/copied/{odd}": len(files[odd])}
+
+    # rb refuses a bucket with keys; rb --recursive empties it first
     p = s3cmd("rb", f"s3://{b}", ok=False)
     assert p.returncode != 0 and "BucketNotEmpty" in p.stderr, p
-    gone = [f"s3://{b}/one/a.bin", *(f"s3://{b}/s/{n}" for n in files)]
-    out = s3cmd("del", *gone).stdout
-    assert s3cmd_sent(out, "delete") == sorted(gone), out
-    assert s3cmd("ls", "-r", f"s3://{b}").stdout == ""
-    assert s3cmd("rb", f"s3://{b}").stdout.strip() == f"Bucket 's3://{b}/' removed"
+    out = s3cmd("rb", "--recursive", "--force", f"s3://{b}").stdout
+    assert s3cmd_sent(out, "delete") == [f"s3://{b}/copied/{odd}"], out
+    assert f"Bucket 's3://{b}/' removed" in out, out
     assert f"s3://{b}\n" not in s3cmd("ls").stdout
 
 
@@ -467,3 +513,91 @@ def test_rclone(tools: Tools, tmp_path: Path) -> None:
     tools.rclone("purge", "shoal:rclone-b")
     buckets = json.loads(tools.rclone("lsjson", "shoal:").stdout)
     assert "rclone-b" not in [e["Name"] for e in buckets], buckets
+
+
+# -- multipart: a file above each tool's threshold, sent in parts of PART ----------------------
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with one file of 23 MiB and a bit (5 parts of PART), and a small one."""
+    folder = tmp_path_factory.mktemp("big")
+    (folder / "big.bin").write_bytes(random.Random(8).randbytes(23 * MiB + 12345))
+    (folder / "small.txt").write_bytes(b"one PUT\n")
+    return folder
+
+
+def multipart_etag(data: bytes) -> str:
+    """S3's ETag of `data` uploaded in parts of PART: the MD5 of the parts' MD5s, -COUNT."""
+    digests = [hashlib.md5(data[i : i + PART]).digest() for i in range(0, len(data), PART)]
+    return f'"{hashlib.md5(b"".join(digests)).hexdigest()}-{len(digests)}"'
+
+
+def test_aws_s3_multipart(tools: Tools, big: Path, tmp_path: Path) -> None:
+    data = (big / "big.bin").read_bytes()
+    tools.aws("s3", "mb", "s3://aws-big")
+    out = tools.aws("s3", "cp", "--no-progress", str(big / "big.bin"), "s3://aws-big/big.bin",
+                    "--content-type", "application/x-big", "--metadata", "k=v").stdout  # fmt: skip
+    assert sent(out, "upload") == ["s3://aws-big/big.bin"], out
+    head = tools.api("head-object", "--bucket", "aws-big", "--key", "big.bin")
+    assert (head["ContentLength"], head["ETag"], head["ContentType"], head["Metadata"]) == (
+        len(data), multipart_etag(data), "application/x-big", {"k": "v"},
+    ), head  # fmt: skip
+    # down (the CLI asks for ranges of it at once), and copied within the gateway (in parts too:
+    # UploadPartCopy with ranges of the source)
+    tools.aws("s3", "cp", "--no-progress", "s3://aws-big/big.bin", str(tmp_path / "down"))
+    assert (tmp_path / "down").read_bytes() == data
+    tools.aws("s3", "cp", "--no-progress", "s3://aws-big/big.bin", "s3://aws-big/copy.bin")
+    copy = tools.api("head-object", "--bucket", "aws-big", "--key", "copy.bin")
+    assert (copy["ContentLength"], copy["ETag"]) == (len(data), multipart_etag(data)), copy
+    tools.aws("s3", "cp", "--no-progress", "s3://aws-big/copy.bin", str(tmp_path / "copy"))
+    assert (tmp_path / "copy").read_bytes() == data
+    # sync: the folder goes up, in parts or not, and nothing again
+    out = tools.aws("s3", "sync", "--no-progress", str(big), "s3://aws-big/s").stdout
+    assert sent(out, "upload") == ["s3://aws-big/s/big.bin", "s3://aws-big/s/small.txt"], out
+    assert tools.aws("s3", "sync", "--no-progress", str(big), "s3://aws-big/s").stdout == ""
+    assert "Uploads" not in tools.api("list-multipart-uploads", "--bucket", "aws-big")
+    tools.aws("s3", "rb", "--force", "s3://aws-big")
+
+
+@pytest.mark.parametrize("sigv2", [False, True], ids=["sigv4", "sigv2"])
+def test_s3cmd_multipart(tools: Tools, big: Path, tmp_path: Path, sigv2: bool) -> None:
+    data = (big / "big.bin").read_bytes()
+    b = "s3cmd-big-v2" if sigv2 else "s3cmd-big-v4"
+    tools.s3cmd(sigv2, "mb", f"s3://{b}")
+    tools.s3cmd(sigv2, "put", "--multipart-chunk-size-mb=5", str(big / "big.bin"),
+                f"s3://{b}/big.bin")  # fmt: skip
+    head = tools.api("head-object", "--bucket", b, "--key", "big.bin")
+    assert (head["ContentLength"], head["ETag"]) == (len(data), multipart_etag(data)), head
+    tools.s3cmd(sigv2, "get", f"s3://{b}/big.bin", str(tmp_path / "down"))
+    assert (tmp_path / "down").read_bytes() == data
+    info = tools.s3cmd(sigv2, "info", f"s3://{b}/big.bin").stdout
+    assert f"   File size: {len(data)}\n" in info, info
+    # sync compares the MD5 s3cmd kept in the object's metadata: nothing is sent again
+    out = tools.s3cmd(sigv2, "sync", "--multipart-chunk-size-mb=5", f"{big}/", f"s3://{b}/").stdout
+    assert s3cmd_sent(out, "upload") == [f"s3://{b}/small.txt"], out
+    tools.s3cmd(sigv2, "rb", "--recursive", "--force", f"s3://{b}")
+
+
+def test_rclone_multipart(tools: Tools, big: Path, tmp_path: Path) -> None:
+    data = (big / "big.bin").read_bytes()
+    tools.rclone("mkdir", "shoal:rclone-big")
+    err = tools.rclone("copy", "-v", str(big), "shoal:rclone-big/up", cutoff="5M").stderr
+    assert copied(err) == ["big.bin", "small.txt"], err
+    head = tools.api("head-object", "--bucket", "rclone-big", "--key", "up/big.bin")
+    assert (head["ContentLength"], head["ETag"]) == (len(data), multipart_etag(data)), head
+    # check: sizes and the MD5 rclone kept in the object's metadata (the ETag is not one)
+    err = tools.rclone("check", str(big), "shoal:rclone-big/up").stderr
+    assert "0 differences found" in err and "2 matching files" in err, err
+    assert rclone_files(tools, "shoal:rclone-big/up") == sizes(tree(big))
+    # a copy within the gateway, in parts (UploadPartCopy), and down again
+    err = tools.rclone("copy", "-v", "--s3-copy-cutoff", "5M", "shoal:rclone-big/up",
+                       "shoal:rclone-big/copy").stderr  # fmt: skip
+    assert sorted(re.findall(r"INFO  : (.+?): Copied \(server-side copy\)", err)) == [
+        "big.bin", "small.txt",
+    ], err  # fmt: skip
+    copy = tools.api("head-object", "--bucket", "rclone-big", "--key", "copy/big.bin")
+    assert (copy["ContentLength"], copy["ETag"]) == (len(data), multipart_etag(data)), copy
+    tools.rclone("copy", "shoal:rclone-big/copy", str(tmp_path / "down"))
+    assert tree(tmp_path / "down") == tree(big)
+    tools.rclone("purge", "shoal:rclone-big")
