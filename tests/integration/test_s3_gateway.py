@@ -638,8 +638,10 @@ def test_wrong_secret_unknown_key_and_anonymous(s3: S3) -> None:
 
 
 def test_a_key_with_read_rights_only(s3: S3) -> None:
-    c = _bucket(s3, "rights")
-    c.put_object(Bucket="rights", Key="k", Body=b"v")
+    # (the bucket is another key's: its ACLs let anyone write it and read k; the rights cap)
+    c = s3.client()
+    c.create_bucket(Bucket="rights", ACL="public-read-write")
+    c.put_object(Bucket="rights", Key="k", Body=b"v", ACL="public-read")
     out = s3.shoal("key", "create", "--rights", "default=r").stdout.decode()
     access = re.search(r"access key:\s*(\S+)", out)
     secret = re.search(r"secret key:\s*(\S+)", out)

@@ -13,8 +13,10 @@ query, with the signing key of (access key, day, region) from the master (shoal.
 s3keys); a payload signed by its SHA-256, UNSIGNED-PAYLOAD, or aws-chunked (chunk
 signatures, trailers, the trailing checksum: shoal.proto.s3.chunked); SigV2 in the header
 or the query (shoal.proto.s3.sigv2; each string to sign is signed by the master, which keeps
-the secrets). Anonymous requests are refused (AccessDenied). A request needs its key's right on
-the pool: r for GET, HEAD and listings, w for PUT (a bucket or an object), d for DELETE.
+the secrets). A request needs its key's right on the pool: r for GET, HEAD and listings, w for
+PUT (a bucket or an object), d for DELETE; and the bucket's owner, its ACL or its policy must
+allow it (shoal.gateway.s3access, which also decides anonymous requests and answers ?acl,
+?policy, ?cors, ?tagging and CORS preflights).
 
 Operations: ListBuckets (the requester's), CreateBucket (LocationConstraint: the gateway's
 region), HeadBucket, DeleteBucket (BucketNotEmpty; uploads under way end with it),
@@ -22,7 +24,8 @@ GetBucketLocation, GetBucketVersioning (never enabled, as yet); PutObject, GetOb
 range, conditions, response-* overrides), HeadObject, DeleteObject (204 whatever there was),
 CopyObject (streamed through the gateway), DeleteObjects; ListObjects v1 and v2; multipart
 uploads (shoal.gateway.s3multipart: a completion is one head naming the parts' stripes).
-Everything else S3 has (tagging, ACLs, versioning, ...) is NotImplemented.
+ACLs, bucket policies, CORS and tags: shoal.gateway.s3access. Everything else S3 has
+(versioning, lifecycle, ...) is NotImplemented.
 
 The data path is the HTTP gateway's (shoal.gateway.common): bodies streamed with bounded
 memory through ClusterClient.put_stream and open(); a PUT's body is decoded and checked as it
@@ -70,6 +73,7 @@ from shoal.gateway.common import (
     receive_body,
     stream_reply,
 )
+from shoal.gateway.s3access import Access
 from shoal.gateway.s3keys import S3Keys, UnknownAccessKey
 from shoal.gateway.s3multipart import EXPIRY, MIN_PART, Multipart
 from shoal.index import MD5_META, Entry, Index, IndexUnavailable, md5_of
@@ -142,18 +146,22 @@ class S3Req:
 
 
 class S3Exchange(Exchange):
-    """An S3 reply: x-amz-request-id and x-amz-id-2 on every answer."""
+    """An S3 reply: x-amz-request-id and x-amz-id-2 on every answer; the CORS headers of a
+    matching rule on every answer, and `on_success` on a 2xx one (shoal.gateway.s3access)."""
 
-    __slots__ = ("code", "ids", "reading")
+    __slots__ = ("code", "cors", "ids", "on_success", "reading")
 
     def __init__(self, send: Send, ids: list[tuple[bytes, bytes]]) -> None:
         super().__init__(send)
         self.ids = ids
         self.code = ""
         self.reading = False  # the request's body was being read
+        self.cors: list[tuple[bytes, bytes]] = []
+        self.on_success: list[tuple[bytes, bytes]] = []
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        await super().start(status, [*headers, *self.ids])
+        found = self.on_success if 200 <= status < 300 else []
+        await super().start(status, [*headers, *self.cors, *found, *self.ids])
 
 
 class _Intake:
@@ -267,6 +275,7 @@ class S3Gateway:
         self._ids = itertools.count(int.from_bytes(os.urandom(5)) << 24)
         self._host = base64.b64encode(os.urandom(24)).decode()
         self.multipart = Multipart(self, min_part=min_part, expiry=multipart_expiry)
+        self.access = Access(self)
 
     # -- the exchange ------------------------------------------------------------------------
 
@@ -407,8 +416,10 @@ class S3Gateway:
         if resource is None and req.bucket and not req.key and not req.raw_path.endswith("/"):
             resource = req.raw_path + "/"  # (a bucket's resource ends in '/', as AWS signs it)
         claim = sigv2.prepare(request, now=time.time(), resource=resource)
-        if claim is None:
-            raise S3Error("AccessDenied", "Anonymous access is not allowed (yet): sign requests")
+        if claim is None:  # anonymous: no rights of its own (Access.authorize decides)
+            return S3Grant("", {}, b""), sigv4.Context(
+                "", self.region, "", "", "", b"", sigv4.Payload.UNSIGNED, None, False
+            )
         for text in claim.strings_to_sign:
             try:
                 grant = await self.keys.sign_v2(claim.access_key, text)
@@ -429,6 +440,9 @@ class S3Gateway:
     async def _route(
         self, x: S3Exchange, receive: Receive, req: S3Req, grant: S3Grant, ctx: sigv4.Context
     ) -> None:
+        if self.access.handles(req):  # ?acl ?policy ?cors ?tagging, OPTIONS (s3access)
+            return await self.access.route(x, receive, req, grant, ctx)
+        grant = await self.access.authorize(x, req, grant)  # owner, ACL, policy
         method, bucket, key = req.method, req.bucket, req.key
         asked = SUBRESOURCES.intersection(req.params)
         if not bucket:
@@ -559,11 +573,7 @@ class S3Gateway:
     ) -> None:
         bucket = req.bucket
         check_bucket(bucket)
-        acl = req.hmap.get("x-amz-acl")
-        if acl not in (None, "private"):
-            raise S3Error(
-                "NotImplemented", "canned ACLs other than private are not implemented yet"
-            )
+        acl = self.access.bucket_meta(req)  # x-amz-acl, x-amz-grant-*
         body = await self._small_body(x, receive, req, ctx)
         location = parse_location(body)
         if location is not None and location != self.region:
@@ -578,7 +588,8 @@ class S3Gateway:
                 raise S3Error("BucketAlreadyOwnedByYou", BucketName=bucket)
             raise S3Error("BucketAlreadyExists", BucketName=bucket)
         now = time.time()
-        meta = {OWNER_META: grant.access_key, "region": self.region, "created": f"{now:.3f}"}
+        meta = {OWNER_META: grant.access_key, "region": self.region, "created": f"{now:.3f}",
+                **acl}  # fmt: skip
         name = BUCKETS + bucket
         stored = await self.client.put(self.pool, name, b"", meta=meta)
         entry = Entry(0, stored.hash, stored.version or 0, now, meta)
@@ -658,6 +669,7 @@ class S3Gateway:
                 meta["content-encoding"] = ",".join(rest)
             else:
                 del meta["content-encoding"]
+        meta.update(self.access.object_meta(req))  # x-amz-acl, x-amz-grant-*, x-amz-tagging
         return meta
 
     async def _current(self, name: str) -> ObjectInfo | None:
@@ -795,6 +807,7 @@ class S3Gateway:
         else:
             meta = self._object_meta(req)
         meta[OWNER_META] = grant.access_key
+        meta = await self.access.copy_meta(req, source, meta)  # its ACL, its tags
         checksums = {k: v for k, v in info.meta.items() if k.startswith(CHECKSUM_META)}
         if ETAG_META in info.meta and "-" not in info.meta.get("x-amz-checksum-type", "-"):
             checksums = {}  # (a multipart upload's composite checksum is of its parts)

@@ -4,6 +4,7 @@
     parse_complete(body) -> list[CompletedPart]       CompleteMultipartUpload
     parse_delete(body) -> DeleteRequest               Delete (Quiet, up to 1,000 objects)
     parse_tagging(body, max_tags=10) -> list[Tag]     Tagging (objects 10, buckets 50)
+    check_tags(tags, max_tags=10) -> list[Tag]        the same rules for tags given otherwise
     parse_versioning(body) -> Versioning              VersioningConfiguration
     parse_cors(body) -> list[CORSRule]                CORSConfiguration
     parse_acl(body) -> AccessControlPolicy            AccessControlPolicy
@@ -37,6 +38,7 @@ __all__ = [
     "Grant",
     "Tag",
     "Versioning",
+    "check_tags",
     "parse_acl",
     "parse_complete",
     "parse_cors",
@@ -195,6 +197,12 @@ def parse_tagging(body: bytes, max_tags: int = 10) -> list[Tag]:
     if tag_set is None:
         raise _malformed("Tagging lacks <TagSet>")
     tags = [Tag(_required(t, "Key"), _required(t, "Value")) for t in _children(tag_set, "Tag")]
+    return check_tags(tags, max_tags)
+
+
+def check_tags(tags: list[Tag], max_tags: int = 10) -> list[Tag]:
+    """`tags` if S3 takes them (parse_tagging's rules; x-amz-tagging's tags are held to them
+    too)."""
     if len(tags) > max_tags:
         raise S3Error("BadRequest", f"Object tags cannot be greater than {max_tags}")
     seen = set()
