@@ -4,7 +4,8 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 APT_TEST_PKGS := util-linux curl iproute2 redis-server postgresql rclone
-APT_BENCH_PKGS := fio nginx-extras wrk
+APT_BENCH_PKGS := fio nginx-extras wrk memcached swift swift-proxy swift-object swift-container \
+	swift-account
 
 .PHONY: install install-test install-bench up test lint bench clean
 
@@ -27,6 +28,9 @@ install-test: $(BIN)/python
 
 install-bench: $(BIN)/python
 	@command -v fio >/dev/null && command -v wrk >/dev/null && command -v nginx >/dev/null \
+		&& command -v memcached >/dev/null && command -v swift-proxy-server >/dev/null \
+		&& command -v swift-object-server >/dev/null && command -v swift-container-server >/dev/null \
+		&& command -v swift-account-server >/dev/null \
 		|| ($(APT) update -qq && $(APT) install -y -qq $(APT_BENCH_PKGS))
 
 # shoal's main job: a local cluster (a master and 3 daemons under ./shoal-data, TLS on, and
@@ -49,6 +53,7 @@ bench: install-bench
 	$(BIN)/python -m bench.daemon
 	$(BIN)/python -m bench.replication
 	$(BIN)/python -m bench.http
+	$(BIN)/python -m bench.s3
 	$(BIN)/python -m bench.cli
 
 clean:
