@@ -197,6 +197,41 @@ def test_pool_rights_stay_the_ceiling(keys: Keys) -> None:
     assert r.list_objects_v2(Bucket="open-rw")["KeyCount"] == 0
 
 
+def test_anonymous_multipart_upload_into_a_public_read_write_bucket(keys: Keys) -> None:
+    a = keys.admin
+    a.create_bucket(Bucket="drop-box", ACL="public-read-write")
+    status, body, _ = keys.anonymous("POST", "/drop-box/up?uploads", "x-amz-acl: public-read")
+    assert status == 200, body
+    upload = re.search(rb"<UploadId>([^<]+)</UploadId>", body)
+    assert upload
+    uid = upload.group(1).decode()
+    status, _, h = keys.anonymous("PUT", f"/drop-box/up?partNumber=1&uploadId={uid}", data=b"p1")
+    assert status == 200
+    assert keys.anonymous("GET", f"/drop-box/up?uploadId={uid}")[0] == 200
+    done = (f"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{h['etag']}</ETag>"
+            "</Part></CompleteMultipartUpload>").encode()  # fmt: skip
+    status, body, _ = keys.anonymous("POST", f"/drop-box/up?uploadId={uid}", data=done)
+    assert status == 200, body
+    assert keys.anonymous("GET", "/drop-box/up")[:2] == (200, b"p1")  # (its x-amz-acl)
+    assert a.get_object(Bucket="drop-box", Key="up")["Body"].read() == b"p1"
+
+
+def test_grants_by_header_on_a_new_bucket(keys: Keys) -> None:
+    a, o = keys.admin, keys.other
+    everyone = "http://acs.amazonaws.com/groups/global/AllUsers"
+    a.create_bucket(Bucket="granted", GrantRead=f'id="{keys.other_key}"',
+                    GrantWrite=f'id="{keys.other_key}", uri="{everyone}"')  # fmt: skip
+    grants = a.get_bucket_acl(Bucket="granted")["Grants"]
+    assert sorted(g["Permission"] for g in grants) == ["READ", "WRITE", "WRITE"]
+    o.put_object(Bucket="granted", Key="k", Body=b"v")
+    assert o.list_objects_v2(Bucket="granted")["KeyCount"] == 1
+    assert keys.anonymous("PUT", "/granted/anon", data=b"a")[0] == 200
+    assert keys.anonymous("GET", "/granted")[0] == 403
+    _refused(a.create_bucket, "InvalidRequest", 400, Bucket="both", ACL="private",
+             GrantRead=f'id="{keys.other_key}"')  # fmt: skip
+    _refused(a.create_bucket, "InvalidArgument", 400, Bucket="bad-grant", GrantRead="someone")
+
+
 # -- policies ----------------------------------------------------------------------------------
 
 
@@ -300,6 +335,7 @@ def test_cors(keys: Keys) -> None:
     ask = ("Origin: https://app.example", "Access-Control-Request-Method: GET")
     status, body, _ = keys.anonymous("OPTIONS", "/web/page", *ask)
     assert (status, _code(body)) == (403, "AccessDenied") and b"not enabled" in body
+    assert keys.anonymous("OPTIONS", "/no-such-bucket/page", *ask)[0] == 403
     rules = [
         {"AllowedOrigins": ["https://*.example"], "AllowedMethods": ["GET", "PUT"],
          "AllowedHeaders": ["x-amz-*", "content-type"], "ExposeHeaders": ["ETag"],

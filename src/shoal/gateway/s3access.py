@@ -303,7 +303,7 @@ class Access:
         bound = _binding(info)
         return Obj(key, info, {k: e for k, e in records.items() if e.meta.get("object") == bound})
 
-    async def _put_record(self, name: str, body: bytes, meta: dict[str, str]) -> None:
+    async def _put_record(self, name: str, body: bytes, meta: dict[str, str]) -> Entry:
         stored = await self.gw.client.put(self.gw.pool, name, body, meta=meta)
         entry = Entry(len(body), stored.hash, stored.version or 0, time.time(), meta)
         try:
@@ -313,11 +313,13 @@ class Access:
                 f"{name} is stored, but not listed: {exc} (a retry, or `shoal index rebuild`, "
                 "lists it)"
             ) from None
+        return entry
 
     async def _put_config(self, bucket: Bucket, kind: str, body: bytes = b"",
                           **meta: str) -> None:  # fmt: skip
-        await self._put_record(f"{CONFIG}{bucket.name}/{kind}", body,
-                               {"bucket": _stamp(bucket.record), **meta})  # fmt: skip
+        bucket.configs[kind] = await self._put_record(
+            f"{CONFIG}{bucket.name}/{kind}", body, {"bucket": _stamp(bucket.record), **meta}
+        )
 
     async def _parsed_body(self, name: str, entry: Entry, parse: Callable[[bytes], T]) -> T:
         """A record's body, parsed: read once per version of it."""
@@ -336,7 +338,10 @@ class Access:
         entry = bucket.configs.get(kind)
         if entry is None:
             return None
-        return await self._parsed_body(f"{CONFIG}{bucket.name}/{kind}", entry, parse)
+        try:
+            return await self._parsed_body(f"{CONFIG}{bucket.name}/{kind}", entry, parse)
+        except NotFound:  # (deleted since it was listed)
+            return None
 
     async def policy(self, bucket: Bucket) -> BucketPolicy | None:
         return await self._config(bucket, "policy", lambda b: parse_policy(b, bucket.name))
@@ -453,7 +458,6 @@ class Access:
     async def _mark_tagged(self, bucket: Bucket) -> None:
         if "tagged" not in bucket.configs:
             await self._put_config(bucket, "tagged")
-            bucket.configs["tagged"] = bucket.record
 
     async def _tag_count(self, x: S3Exchange, bucket: Bucket, key: str, obj: Obj | None) -> None:
         if "tagged" not in bucket.configs:
