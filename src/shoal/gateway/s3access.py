@@ -16,8 +16,8 @@ operation. A policy's principals are access keys: "*", {"AWS": "SK..."} or an AR
 part is the access key ("arn:aws:iam::shoal:user/SK..."). ACL grantees are access keys too
 (the CanonicalUser ID; the groups AllUsers and AuthenticatedUsers); grants by e-mail are
 NotImplemented. Bucket ACLs, policies, CORS and tags are the owner's alone to read and change.
-Policy-only actions (no ACL grants them): GetBucketLocation, DeleteBucket, versioning,
-GetObjectTagging (READ of the object also does), Put/DeleteObjectTagging (WRITE_ACP does).
+No ACL grant gives GetBucketLocation, DeleteBucket or versioning (the owner or a policy
+does); an object's tags are read with READ on it and changed with WRITE_ACP on it.
 DeleteObjects by a non-owner needs a grant for every key (WRITE on the bucket, or a policy
 allowing s3:DeleteObject on "B/*"), and is refused whole when a Deny could apply to some key.
 
@@ -41,9 +41,10 @@ stamp and each object record to its object's version and hash, so a setting left
 deleted bucket or a replaced object is ignored, not inherited. An object is immutable: its
 ACL and tags changed later live in the side record, which wins over its own metadata while it
 names that version; a new PUT of the key starts from its own headers again, as in S3. One
-index listing of .s3/config/B/ gives every setting of a bucket; bodies are read once and kept
-parsed, keyed by version. x-amz-tagging-count (GET, HEAD) needs a stat of the object and is
-looked for only in buckets marked "tagged". Per-version ACLs and tags are not kept.
+index listing of .s3/config/B/ (beside the bucket record's lookup) gives every setting of a
+bucket, per request; bodies are read once and kept parsed, keyed by version.
+x-amz-tagging-count (GET, HEAD) needs a stat of the object and is looked for only in buckets
+marked "tagged". Per-version ACLs and tags are not kept.
 """
 
 from __future__ import annotations
