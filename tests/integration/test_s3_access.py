@@ -67,6 +67,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
             reader, reader_secret = _key(s3, "default=r")
             yield Keys(s3, s3.client(), s3.client(access=other, secret=other_secret), other,
                        s3.client(access=reader, secret=reader_secret), reader)  # fmt: skip
+            s3.close()
         finally:
             p.stop()
 

@@ -18,7 +18,7 @@ import sys
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,14 @@ class S3:
     proc: subprocess.Popen[bytes]
     cluster: LocalCluster
     http: Gateway
+    clients: list[Any] = field(default_factory=list)  # (closed with the fixture)
+
+    def close(self) -> None:
+        """Close every client made: a client left to the garbage collector closes its
+        sockets with a ResourceWarning, in whichever test happens to run then."""
+        for c in self.clients:
+            c.close()
+        self.clients.clear()
 
     @property
     def endpoint(self) -> str:
@@ -66,12 +74,14 @@ class S3:
         config = kw.pop("config", None) or Config(
             signature_version="s3v4", retries={"max_attempts": 1}
         )
-        return boto3.client(
+        c = boto3.client(
             "s3", endpoint_url=kw.pop("endpoint_url", self.endpoint),
             aws_access_key_id=kw.pop("access", self.access),
             aws_secret_access_key=kw.pop("secret", self.secret),
             region_name=kw.pop("region", "us-east-1"), config=config, **kw,
         )  # fmt: skip
+        self.clients.append(c)
+        return c
 
     def curl(self, *args: str, data: bytes | None = None) -> tuple[int, bytes, dict[str, str]]:
         r = self.http.curl(*args, data=data)
@@ -128,7 +138,9 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
         p = start_s3(cluster, http.index, log, "--domain", DOMAIN)
         try:
             cfg = json.loads((data / CONFIG_NAME).read_text())
-            yield S3(p.address, cfg["access_key"], cfg["secret_key"], log, p.proc, cluster, http)
+            s3 = S3(p.address, cfg["access_key"], cfg["secret_key"], log, p.proc, cluster, http)
+            yield s3
+            s3.close()
         finally:
             p.stop()
 

@@ -32,7 +32,9 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
         p = start_s3(cluster, http.index, log)
         try:
             cfg = json.loads((data / CONFIG_NAME).read_text())
-            yield S3(p.address, cfg["access_key"], cfg["secret_key"], log, p.proc, cluster, http)
+            s3 = S3(p.address, cfg["access_key"], cfg["secret_key"], log, p.proc, cluster, http)
+            yield s3
+            s3.close()
         finally:
             p.stop()
 
