@@ -139,6 +139,7 @@ class S3Req:
     bucket: str
     key: str
     vhost: bool = False  # the bucket came from the Host header
+    record: Entry | None = None  # the bucket's record, once looked up for this request
 
     @property
     def resource(self) -> str:
@@ -462,7 +463,7 @@ class S3Gateway:
                 return await self._delete_objects(x, receive, req, ctx)
             if method == "GET" and "versioning" in req.params:
                 grant.require(self.pool, "r")
-                await self._bucket(bucket)
+                await self._bucket(bucket, req)
                 return await self._xml(x, responses.versioning(None))
             if asked or "versioning" in req.params:
                 raise S3Error(
@@ -473,7 +474,7 @@ class S3Gateway:
                 return await self._create_bucket(x, receive, req, ctx, grant)
             if method == "HEAD":
                 grant.require(self.pool, "r")
-                record = await self._bucket(bucket)
+                record = await self._bucket(bucket, req)
                 region = record.meta.get("region", self.region)
                 return await x.whole(200, b"", [(b"x-amz-bucket-region", region.encode())])
             if method == "GET":
@@ -523,9 +524,11 @@ class S3Gateway:
 
     # -- buckets -----------------------------------------------------------------------------
 
-    async def _bucket_entry(self, bucket: str) -> Entry | None:
-        """A bucket's record: from the index, or from the object itself when the index
-        cannot be reached."""
+    async def _bucket_entry(self, bucket: str, req: S3Req | None = None) -> Entry | None:
+        """A bucket's record: the one `req` has looked up already (the access checks did),
+        else from the index, or from the object itself when the index cannot be reached."""
+        if req is not None and req.record is not None and req.bucket == bucket:
+            return req.record
         name = BUCKETS + bucket
         try:
             return await self.index.get(self.pool, name)
@@ -537,10 +540,10 @@ class S3Gateway:
             return None
         return Entry(info.size, info.hash, info.version, info.mtime, dict(info.meta))
 
-    async def _bucket(self, bucket: str) -> Entry:
+    async def _bucket(self, bucket: str, req: S3Req | None = None) -> Entry:
         if not bucket or "/" in bucket:
             raise S3Error("NoSuchBucket", BucketName=bucket)
-        record = await self._bucket_entry(bucket)
+        record = await self._bucket_entry(bucket, req)
         if record is None:
             raise S3Error("NoSuchBucket", BucketName=bucket)
         return record
@@ -713,7 +716,7 @@ class S3Gateway:
     async def _put_object(
         self, x: S3Exchange, receive: Receive, req: S3Req, ctx: sigv4.Context, grant: S3Grant
     ) -> None:
-        await self._bucket(req.bucket)
+        await self._bucket(req.bucket, req)
         name = f"{req.bucket}/{req.key}"
         meta = self._object_meta(req)
         meta[OWNER_META] = grant.access_key
@@ -787,7 +790,7 @@ class S3Gateway:
     async def _copy_object(self, x: S3Exchange, req: S3Req, grant: S3Grant) -> None:
         """CopyObject: the source's bytes streamed into the target; its metadata kept (COPY)
         or the request's (REPLACE); onto itself only to change its metadata."""
-        await self._bucket(req.bucket)
+        await self._bucket(req.bucket, req)
         directive = req.hmap.get("x-amz-metadata-directive", "COPY").upper()
         if directive not in DIRECTIVES:
             raise S3Error("InvalidArgument", "Unknown metadata directive.",
@@ -833,7 +836,7 @@ class S3Gateway:
     ) -> None:
         """DeleteObjects (POST ?delete): up to 1000 keys, each deleted as DeleteObject does;
         a key that fails is an Error of the answer, not a failure of the request."""
-        await self._bucket(req.bucket)
+        await self._bucket(req.bucket, req)
         body = await self._small_body(x, receive, req, ctx, limit=2 << 20)
         asked = parse_delete(body)
         deleted: list[responses.Deleted] = []
@@ -871,7 +874,7 @@ class S3Gateway:
 
     async def _get_object(self, x: S3Exchange, receive: Receive, req: S3Req, head: bool) -> None:
         name = f"{req.bucket}/{req.key}"
-        looked = asyncio.ensure_future(self._bucket_entry(req.bucket))
+        looked = asyncio.ensure_future(self._bucket_entry(req.bucket, req))
         reader = None
         try:
             if head:
@@ -927,14 +930,14 @@ class S3Gateway:
         await stream_reply(x, receive, pieces, code, headers, self.idle)
 
     async def _delete_object(self, x: S3Exchange, req: S3Req) -> None:
-        await self._bucket(req.bucket)
+        await self._bucket(req.bucket, req)
         await self._delete(f"{req.bucket}/{req.key}")
         await x.whole(204)
 
     # -- listing -----------------------------------------------------------------------------
 
     async def _list_objects(self, x: S3Exchange, req: S3Req) -> None:
-        record = await self._bucket(req.bucket)
+        record = await self._bucket(req.bucket, req)
         p = req.params
         v2 = p.get("list-type") == "2"
         prefix, delimiter = p.get("prefix", ""), p.get("delimiter", "")

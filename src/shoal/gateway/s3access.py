@@ -386,6 +386,7 @@ class Access:
             return grant, None
         bucket = await self.bucket(req.bucket)
         if bucket is not None:
+            req.record = bucket.record  # (the operation needs it too: looked up once)
             await self._cors_headers(x, req, bucket)  # (refusals carry them too)
         if not anonymous:
             for right in act.rights:

@@ -200,7 +200,7 @@ class Multipart:
         from shoal.gateway.s3 import OWNER_META
 
         self.start_sweeping()
-        await self.gw._bucket(req.bucket)
+        await self.gw._bucket(req.bucket, req)
         meta = self.gw._object_meta(req)
         meta[OWNER_META] = grant.access_key
         algorithm = req.hmap.get("x-amz-checksum-algorithm", "").lower() or None
@@ -404,7 +404,7 @@ class Multipart:
         upload-id-marker, with prefix and delimiter."""
         from shoal.gateway.s3 import _common_prefix
 
-        await self.gw._bucket(req.bucket)
+        await self.gw._bucket(req.bucket, req)
         p = req.params
         prefix, delimiter = p.get("prefix", ""), p.get("delimiter", "")
         max_uploads = min(_non_negative(req, "max-uploads", LIST_MAX), LIST_MAX)
