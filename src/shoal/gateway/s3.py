@@ -23,7 +23,8 @@ region), HeadBucket, DeleteBucket (BucketNotEmpty; uploads under way end with it
 GetBucketLocation, GetBucketVersioning (never enabled, as yet); PutObject, GetObject (a single
 range, conditions, response-* overrides), HeadObject, DeleteObject (204 whatever there was),
 CopyObject (streamed through the gateway), DeleteObjects; ListObjects v1 and v2; multipart
-uploads (shoal.gateway.s3multipart: a completion is one head naming the parts' stripes).
+uploads (shoal.gateway.s3multipart: a completion is one head naming the parts' stripes);
+browser POST uploads (shoal.gateway.s3post).
 ACLs, bucket policies, CORS and tags: shoal.gateway.s3access. Everything else S3 has
 (versioning, lifecycle, ...) is NotImplemented.
 
@@ -76,6 +77,7 @@ from shoal.gateway.common import (
 from shoal.gateway.s3access import Access
 from shoal.gateway.s3keys import S3Keys, UnknownAccessKey
 from shoal.gateway.s3multipart import EXPIRY, MIN_PART, Multipart
+from shoal.gateway.s3post import PostUploads
 from shoal.index import MD5_META, Entry, Index, IndexUnavailable, md5_of
 from shoal.proto.s3 import responses, sigv2, sigv4
 from shoal.proto.s3.checksums import BodyCheck, Digests
@@ -276,6 +278,7 @@ class S3Gateway:
         self._ids = itertools.count(int.from_bytes(os.urandom(5)) << 24)
         self._host = base64.b64encode(os.urandom(24)).decode()
         self.multipart = Multipart(self, min_part=min_part, expiry=multipart_expiry)
+        self.post = PostUploads(self)
         self.access = Access(self)
 
     # -- the exchange ------------------------------------------------------------------------
@@ -441,6 +444,8 @@ class S3Gateway:
     async def _route(
         self, x: S3Exchange, receive: Receive, req: S3Req, grant: S3Grant, ctx: sigv4.Context
     ) -> None:
+        if req.method == "POST" and req.bucket and not req.key and not req.params:
+            return await self.post.upload(x, receive, req)  # a browser's form (s3post)
         if self.access.handles(req):  # ?acl ?policy ?cors ?tagging, OPTIONS (s3access)
             return await self.access.route(x, receive, req, grant, ctx)
         grant = await self.access.authorize(x, req, grant)  # owner, ACL, policy
