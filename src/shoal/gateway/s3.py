@@ -20,13 +20,14 @@ allow it (shoal.gateway.s3access, which also decides anonymous requests and answ
 
 Operations: ListBuckets (the requester's), CreateBucket (LocationConstraint: the gateway's
 region), HeadBucket, DeleteBucket (BucketNotEmpty; uploads under way end with it),
-GetBucketLocation, GetBucketVersioning (never enabled, as yet); PutObject, GetObject (a single
+GetBucketLocation; PutObject, GetObject (a single
 range, conditions, response-* overrides), HeadObject, DeleteObject (204 whatever there was),
 CopyObject (streamed through the gateway), DeleteObjects; ListObjects v1 and v2; multipart
 uploads (shoal.gateway.s3multipart: a completion is one head naming the parts' stripes);
 browser POST uploads (shoal.gateway.s3post).
-ACLs, bucket policies, CORS and tags: shoal.gateway.s3access. Everything else S3 has
-(versioning, lifecycle, ...) is NotImplemented.
+ACLs, bucket policies, CORS and tags: shoal.gateway.s3access. Versioning (versionId,
+delete markers, ListObjectVersions): shoal.gateway.s3versions. Everything else S3 has
+(lifecycle, replication, object lock, ...) is NotImplemented.
 
 The data path is the HTTP gateway's (shoal.gateway.common): bodies streamed with bounded
 memory through ClusterClient.put_stream and open(); a PUT's body is decoded and checked as it
@@ -78,6 +79,7 @@ from shoal.gateway.s3access import Access
 from shoal.gateway.s3keys import S3Keys, UnknownAccessKey
 from shoal.gateway.s3multipart import EXPIRY, MIN_PART, Multipart
 from shoal.gateway.s3post import PostUploads
+from shoal.gateway.s3versions import MTIME_META, VERSION_META, Versions
 from shoal.index import MD5_META, Entry, Index, IndexUnavailable, md5_of
 from shoal.proto.s3 import responses, sigv2, sigv4
 from shoal.proto.s3.checksums import BodyCheck, Digests
@@ -279,6 +281,7 @@ class S3Gateway:
         self._host = base64.b64encode(os.urandom(24)).decode()
         self.multipart = Multipart(self, min_part=min_part, expiry=multipart_expiry)
         self.post = PostUploads(self)
+        self.versions = Versions(self)
         self.access = Access(self)
 
     # -- the exchange ------------------------------------------------------------------------
@@ -468,8 +471,13 @@ class S3Gateway:
                 return await self._delete_objects(x, receive, req, ctx)
             if method == "GET" and "versioning" in req.params:
                 grant.require(self.pool, "r")
-                await self._bucket(bucket, req)
-                return await self._xml(x, responses.versioning(None))
+                return await self.versions.get_config(x, req)
+            if method == "PUT" and "versioning" in req.params:
+                grant.require(self.pool, "w")
+                return await self.versions.put_config(x, receive, req, ctx)
+            if method == "GET" and asked == {"versions"}:
+                grant.require(self.pool, "r")
+                return await self.versions.list_versions(x, req)
             if asked or "versioning" in req.params:
                 raise S3Error(
                     "NotImplemented", f"{', '.join(sorted(asked))} is not implemented yet"
@@ -508,9 +516,6 @@ class S3Gateway:
             raise S3Error("MethodNotAllowed", Method=method, ResourceType="OBJECT")
         if asked:
             raise S3Error("NotImplemented", f"{', '.join(sorted(asked))} is not implemented yet")
-        version = req.params.get("versionId")
-        if version is not None and version != "null":
-            raise S3Error("NoSuchVersion", Key=key, VersionId=version)
         if method == "PUT":
             grant.require(self.pool, "w")
             if "x-amz-copy-source" in req.hmap:
@@ -721,7 +726,7 @@ class S3Gateway:
     async def _put_object(
         self, x: S3Exchange, receive: Receive, req: S3Req, ctx: sigv4.Context, grant: S3Grant
     ) -> None:
-        await self._bucket(req.bucket, req)
+        record = await self._bucket(req.bucket, req)
         name = f"{req.bucket}/{req.key}"
         meta = self._object_meta(req)
         meta[OWNER_META] = grant.access_key
@@ -729,25 +734,29 @@ class S3Gateway:
         body = self.incoming(
             x, receive, req, ctx, after=lambda: self._check_write_conditions(req, name)
         )
+        async with self.versions.writing(record, req.bucket, req.key) as w:
 
-        def final_meta() -> dict[str, str]:
-            out = {**meta, MD5_META: body.digests.md5.hex()}
-            if body.checksum is not None:
-                out[CHECKSUM_META + body.checksum[0]] = body.checksum[1]
-            return out
+            def final_meta() -> dict[str, str]:
+                out = {**meta, **w.meta, MD5_META: body.digests.md5.hex()}
+                if body.checksum is not None:
+                    out[CHECKSUM_META + body.checksum[0]] = body.checksum[1]
+                return out
 
-        try:
-            stored = await self.client.put_stream(
-                self.pool, name, body.size, body.chunks(), meta=final_meta
-            )
-        except ValueError as exc:  # (a body of another length than announced)
-            raise S3Error("IncompleteBody", str(exc)) from None
-        kept = {k: v for k, v in final_meta().items() if k != MD5_META}
-        entry = Entry(stored.size, stored.hash, stored.version or 0, time.time(), kept,
-                      md5=body.digests.md5)  # fmt: skip
-        await self.listed(req, name, entry)
+            try:
+                stored = await self.client.put_stream(
+                    self.pool, name, body.size, body.chunks(), meta=final_meta,
+                    keep_prev=w.keep_prev,
+                )  # fmt: skip
+            except ValueError as exc:  # (a body of another length than announced)
+                raise S3Error("IncompleteBody", str(exc)) from None
+            kept = {k: v for k, v in final_meta().items() if k != MD5_META}
+            entry = Entry(stored.size, stored.hash, stored.version or 0, time.time(), kept,
+                          md5=body.digests.md5)  # fmt: skip
+            await self.listed(req, name, entry)
         x.nbytes = stored.size
         headers = [(b"etag", f'"{body.digests.md5.hex()}"'.encode())]
+        if w.version_id is not None:
+            headers.append((b"x-amz-version-id", w.version_id.encode()))
         if body.checksum is not None:
             headers.append(
                 (f"x-amz-checksum-{body.checksum[0]}".encode(), body.checksum[1].encode())
@@ -770,10 +779,10 @@ class S3Gateway:
         the requester needs the right to read it."""
         src = copy_source(req.hmap["x-amz-copy-source"])
         grant.require(self.pool, "r")
-        if src.version_id not in (None, "null"):
-            raise S3Error("NoSuchVersion", Key=src.key, VersionId=src.version_id)
         check_key(src.key)
         name = f"{src.bucket}/{src.key}"
+        if src.version_id is not None:
+            name = await self.versions.name_of(src.bucket, src.key, src.version_id)
         try:
             reader = await self.client.open(self.pool, name)
         except NotFound:
@@ -795,7 +804,7 @@ class S3Gateway:
     async def _copy_object(self, x: S3Exchange, req: S3Req, grant: S3Grant) -> None:
         """CopyObject: the source's bytes streamed into the target; its metadata kept (COPY)
         or the request's (REPLACE); onto itself only to change its metadata."""
-        await self._bucket(req.bucket, req)
+        record = await self._bucket(req.bucket, req)
         directive = req.hmap.get("x-amz-metadata-directive", "COPY").upper()
         if directive not in DIRECTIVES:
             raise S3Error("InvalidArgument", "Unknown metadata directive.",
@@ -823,16 +832,19 @@ class S3Gateway:
             checksums = {}
         await self._check_write_conditions(req, name)
         md5 = source.md5()
-        stored = await self.client.put_stream(
-            self.pool, name, source.length, source.pieces(md5),
-            meta=lambda: {**meta, **checksums, MD5_META: md5.hexdigest()},
-        )  # fmt: skip
-        kept = {**meta, **checksums}
-        now = time.time()
-        entry = Entry(stored.size, stored.hash, stored.version or 0, now, kept,
-                      md5=md5.digest())  # fmt: skip
-        await self.listed(req, name, entry)
+        async with self.versions.writing(record, req.bucket, req.key) as w:
+            kept = {**meta, **checksums, **w.meta}
+            stored = await self.client.put_stream(
+                self.pool, name, source.length, source.pieces(md5),
+                meta=lambda: {**kept, MD5_META: md5.hexdigest()}, keep_prev=w.keep_prev,
+            )  # fmt: skip
+            now = time.time()
+            entry = Entry(stored.size, stored.hash, stored.version or 0, now, kept,
+                          md5=md5.digest())  # fmt: skip
+            await self.listed(req, name, entry)
         x.nbytes = stored.size
+        if w.version_id is not None:
+            x.on_success.append((b"x-amz-version-id", w.version_id.encode()))
         sent = {k[len(CHECKSUM_META) :]: v for k, v in checksums.items()}
         await self._xml(x, responses.copy_object(md5.hexdigest(), now, sent))
 
@@ -849,10 +861,13 @@ class S3Gateway:
         for key, version in asked.objects:
             try:
                 check_key(key)
-                if version not in (None, "null"):
-                    raise S3Error("NoSuchVersion", Key=key, VersionId=version)
-                await self._delete(f"{req.bucket}/{key}")
-                deleted.append(responses.Deleted(key, version))
+                record = await self._bucket(req.bucket, req)
+                if version is None and self.versions.state(record) is None:
+                    await self._delete(f"{req.bucket}/{key}")
+                    deleted.append(responses.Deleted(key, version))
+                else:
+                    deleted.append(await self.versions.delete_key(req.bucket, key, version,
+                                                                  record))  # fmt: skip
             except ClientGone:
                 raise
             except Exception as exc:
@@ -879,6 +894,8 @@ class S3Gateway:
 
     async def _get_object(self, x: S3Exchange, receive: Receive, req: S3Req, head: bool) -> None:
         name = f"{req.bucket}/{req.key}"
+        if "versionId" in req.params:
+            name = await self.versions.resolve(x, req)
         looked = asyncio.ensure_future(self._bucket_entry(req.bucket, req))
         reader = None
         try:
@@ -888,8 +905,11 @@ class S3Gateway:
                 reader = await self.client.open(self.pool, name)
                 info = reader.info
         except NotFound:
-            if await looked is None:
+            record = await looked
+            if record is None:
                 raise S3Error("NoSuchBucket", BucketName=req.bucket) from None
+            if self.versions.state(record) is not None:
+                await self.versions.missing(x, req)
             raise S3Error("NoSuchKey", Key=req.key) from None
         except BaseException:
             looked.cancel()
@@ -898,12 +918,15 @@ class S3Gateway:
             raise S3Error("NoSuchBucket", BucketName=req.bucket)
         etag = await self._etag(name, info)
         meta = info.meta
+        mtime = float(meta.get(MTIME_META) or info.mtime)
         common = [
             (b"etag", f'"{etag}"'.encode()),
-            (b"last-modified", http_date(info.mtime)),
+            (b"last-modified", http_date(mtime)),
         ]
+        if VERSION_META in meta:
+            common.append((b"x-amz-version-id", meta[VERSION_META].encode()))
         try:
-            check_read(req.headers, etag, info.mtime)
+            check_read(req.headers, etag, mtime)
         except S3Error as exc:
             if exc.status != 304:
                 raise
@@ -935,7 +958,9 @@ class S3Gateway:
         await stream_reply(x, receive, pieces, code, headers, self.idle)
 
     async def _delete_object(self, x: S3Exchange, req: S3Req) -> None:
-        await self._bucket(req.bucket, req)
+        record = await self._bucket(req.bucket, req)
+        if self.versions.state(record) is not None or "versionId" in req.params:
+            return await self.versions.delete(x, req, record)
         await self._delete(f"{req.bucket}/{req.key}")
         await x.whole(204)
 

@@ -314,12 +314,18 @@ class Multipart:
                 meta["x-amz-checksum-type"] = upload.checksum_type
                 checksums[algorithm] = value
             segs = [p.segment for p in parts]
-            stored = await self.gw.client.put_composed(self.gw.pool, name, segs, meta=meta)
+            record = await self.gw._bucket(req.bucket, req)
+            async with self.gw.versions.writing(record, req.bucket, req.key) as w:
+                meta.update(w.meta)
+                stored = await self.gw.client.put_composed(self.gw.pool, name, segs, meta=meta,
+                                                           keep_prev=w.keep_prev)  # fmt: skip
             entry = Entry(stored.size, stored.hash, stored.version or 0, time.time(), meta)
             try:
                 await self.gw.listed(req, name, entry)
             finally:
                 await self._forget(upload, keep={p.number for p in parts}, dropped=have)
+            if w.version_id is not None:
+                x.on_success.append((b"x-amz-version-id", w.version_id.encode()))
         location = f"/{req.bucket}/{req.key}"
         body = responses.complete_multipart(
             location, req.bucket, req.key, etag, checksums,
